@@ -1,0 +1,310 @@
+"""`Database`: owns the engines (primary, optional replica), their start and stop, and
+hands out sessions.
+
+    db = Database(DatabaseSettings())
+    await db.start()                       # embedded server if DATABASE_URL is unset
+    async with db.session() as s: ...      # transaction: commit on success, else rollback
+    async with db.autocommit() as s: ...   # one statement, one round trip
+    async with db.read_session() as s: ... # reads, replica if configured, retried safely
+    await db.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from neondb import metrics
+from neondb.embedded import EmbeddedServer
+from neondb.engine import build_engine
+from neondb.errors import ConfigurationError, DatabaseUnavailableError, NeonDBError, classify
+from neondb.resilience import CircuitBreaker
+from neondb.session import NeonSession
+from neondb.settings import DatabaseSettings, Driver
+from neondb.url import DatabaseURL, parse_url
+
+__all__ = ["Database"]
+
+log = logging.getLogger("neondb")
+SessionKind = Literal["transaction", "autocommit", "read"]
+
+
+class Database:
+    """The database layer of one application. Nothing connects until `start()`."""
+
+    def __init__(self, settings: DatabaseSettings | None = None, *, name: str = "neondb") -> None:
+        self.settings = settings or DatabaseSettings()
+        self.name = name
+        self.breaker = CircuitBreaker(
+            self.settings.db_breaker_failures, self.settings.db_breaker_reset_s
+        )
+        self.embedded: EmbeddedServer | None = None
+        self.url: DatabaseURL | None = None
+        self.read_url: DatabaseURL | None = None
+        self._engine: AsyncEngine | None = None
+        self._read_engine: AsyncEngine | None = None
+        self._makers: dict[SessionKind, async_sessionmaker[NeonSession]] = {}
+        self.connections_opened = 0
+
+    def __repr__(self) -> str:
+        where = self.url.display if self.url else "not started"
+        return f"Database({self.name!r}, {where})"
+
+    # configuration -----------------------------------------------------------------------
+
+    @property
+    def driver(self) -> Driver:
+        if self.settings.db_driver:
+            return self.settings.db_driver
+        return (self.url.driver_hint if self.url else None) or "asyncpg"
+
+    def behind_pooler(self, url: DatabaseURL | None = None) -> bool:
+        mode = self.settings.db_pooler
+        if mode != "auto":
+            return mode == "transaction"
+        url = url or self.url
+        return bool(url and url.is_pooler)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"{self!r} is not started: call `await db.start()` first")
+        return self._engine
+
+    @property
+    def read_engine(self) -> AsyncEngine:
+        return self._read_engine or self.engine
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def _resolve_url(self) -> DatabaseURL:
+        raw = self.settings.database_url
+        if raw is None:
+            self.embedded = EmbeddedServer(self.settings.db_data_dir)
+            return parse_url(self.embedded.start())
+        return parse_url(raw.get_secret_value())
+
+    def _count_connect(self) -> None:
+        self.connections_opened += 1
+        metrics.CONNECTS.labels(self.name).inc()
+
+    def _build(self, url: DatabaseURL) -> AsyncEngine:
+        return build_engine(
+            url,
+            self.driver,
+            self.settings,
+            pooler=self.behind_pooler(url),
+            breaker=self.breaker,
+            on_connect=self._count_connect,
+        )
+
+    async def start(self, *, wait_s: float | None = None) -> None:
+        """Build the engines, then wait (with backoff, up to `wait_s`, default
+        DB_STARTUP_TIMEOUT_S) until the database answers, since a Neon compute may be waking
+        from zero. Opens DB_POOL_MIN connections so the first requests find them warm."""
+        if self._engine is not None:
+            return
+        self.url = self._resolve_url()
+        if self.settings.db_statement_timeout_s and self.driver not in ("asyncpg", "psycopg"):
+            raise ConfigurationError(f"DB_DRIVER={self.driver!r}: use asyncpg or psycopg")
+        self._engine = self._build(self.url)
+        if self.settings.database_read_url is not None:
+            self.read_url = parse_url(self.settings.database_read_url.get_secret_value())
+            self._read_engine = self._build(self.read_url)
+        self._makers = {
+            "transaction": self._maker(self.engine, "transaction"),
+            "autocommit": self._maker(self.engine, "autocommit"),
+            "read": self._maker(self.read_engine, "read"),
+        }
+        metrics.register_database(self)
+        log.info(
+            "database %s: %s via %s%s%s",
+            self.name,
+            self.url.display,
+            self.driver,
+            ", behind a transaction pooler" if self.behind_pooler() else "",
+            ", serverless (no pool)" if self.settings.db_serverless else "",
+        )
+        wait = self.settings.db_startup_timeout_s if wait_s is None else wait_s
+        try:
+            await self._wait_until_ready(wait)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_until_ready(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        backoff = max(self.settings.db_retry_backoff_s, 0.05)
+        while True:
+            self.breaker.reset()  # start-up has its own patience; do not fail fast yet
+            try:
+                await self._warm()
+                return
+            except Exception as e:
+                mapped = classify(e)
+                if not isinstance(mapped, DatabaseUnavailableError):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailableError(
+                        f"database not reachable after {wait_s:.0f} s of start-up: {mapped}"
+                    ) from e
+                log.warning("database not ready (%s); retrying in %.1f s", mapped, backoff)
+                await asyncio.sleep(min(backoff, left))
+                backoff = min(backoff * 2, 2.0)
+
+    async def _warm(self) -> None:
+        warm = 1 if self.settings.db_serverless else max(1, self.settings.db_pool_min)
+        conns = [await self.engine.connect() for _ in range(warm)]
+        try:
+            await conns[0].exec_driver_sql("SELECT 1")
+            if self.behind_pooler():
+                await self._check_role_timeout(conns[0])
+        finally:
+            for c in conns:
+                await c.close()
+        if self._read_engine is not None:
+            async with self._read_engine.connect() as c:
+                await c.exec_driver_sql("SELECT 1")
+
+    async def _check_role_timeout(self, conn: Any) -> None:
+        """Behind a transaction pooler, session settings do not stick, so single statements
+        rely on the role's default statement_timeout. Set it when it differs (an ordinary
+        role may set its own defaults); this and the same server connection get it at once,
+        others as the pooler opens new ones."""
+        want = round(self.settings.db_statement_timeout_s * 1000)
+        if not want:
+            return
+        have = await conn.exec_driver_sql(
+            "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'"
+        )
+        if have.scalar() == want:
+            return
+        try:
+            await conn.exec_driver_sql(
+                f"BEGIN; ALTER ROLE CURRENT_USER SET statement_timeout = {want}; "
+                f"SET statement_timeout = {want}; COMMIT"
+            )
+            log.info("behind a pooler: set this role's statement_timeout default to %d ms", want)
+        except Exception as e:
+            await conn.rollback()
+            log.warning(
+                "behind a pooler, DB_STATEMENT_TIMEOUT_S covers explicit transactions only: "
+                "could not set the role default (%s). Run `neondb role-timeout` as an owner.",
+                type(e).__name__,
+            )
+
+    async def stop(self) -> None:
+        """Close every pooled connection; release the embedded server."""
+        for engine in (self._read_engine, self._engine):
+            if engine is not None:
+                await engine.dispose()
+        self._engine = self._read_engine = None
+        self._makers = {}
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # sessions ----------------------------------------------------------------------------
+
+    def _maker(self, engine: AsyncEngine, kind: SessionKind) -> async_sessionmaker[NeonSession]:
+        s = self.settings
+        bind = engine if kind == "transaction" else engine.execution_options(isolation_level="AUTOCOMMIT")
+        observe = metrics.STATEMENT_SECONDS.labels(self.name, kind).observe
+        return async_sessionmaker(
+            bind,
+            class_=NeonSession,
+            expire_on_commit=False,
+            info={
+                "neondb.read_only": kind == "read",
+                "neondb.autocommit": kind != "transaction",
+                "neondb.retry": (s.db_retry_attempts, s.db_retry_backoff_s),
+                "neondb.backstop_s": s.statement_backstop_s,
+                "neondb.observe": observe,
+                "neondb.slow_s": s.db_slow_query_ms / 1000,
+            },
+        )
+
+    @asynccontextmanager
+    async def _session(self, kind: SessionKind) -> AsyncIterator[NeonSession]:
+        maker = self._makers.get(kind)
+        if maker is None:
+            raise RuntimeError(f"{self!r} is not started: call `await db.start()` first")
+        # Fail fast while the circuit is open, before waiting on the pool.
+        if self.breaker.state == "open":
+            self.breaker.before_call()
+        async with maker() as session:
+            try:
+                yield session
+                if kind == "transaction" and session.in_transaction():
+                    await session.commit()
+            except BaseException as e:
+                await _quiet_rollback(session)
+                if isinstance(e, NeonDBError):
+                    metrics.ERRORS.labels(self.name, type(e).__name__).inc()
+                raise
+
+    def session(self) -> Any:
+        """A transactional session: BEGIN on first use, COMMIT on success, ROLLBACK on an
+        exception. Use it when several statements must succeed or fail together."""
+        return self._session("transaction")
+
+    transaction = session
+
+    def autocommit(self) -> Any:
+        """Each statement commits on its own: one round trip for a single-statement read
+        or write (INSERT ... RETURNING, UPDATE ... RETURNING, a CTE)."""
+        return self._session("autocommit")
+
+    def read_session(self) -> Any:
+        """Reads only; served by DATABASE_READ_URL when set; retried on a lost connection."""
+        return self._session("read")
+
+    # observation -------------------------------------------------------------------------
+
+    def pool_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for role, engine in (("primary", self._engine), ("replica", self._read_engine)):
+            if engine is None:
+                continue
+            p: Any = engine.pool
+            if self.settings.db_serverless:
+                out[role] = {"mode": "serverless", "size": 0, "checked_out": 0, "checked_in": 0}
+                continue
+            out[role] = {
+                "mode": "pool",
+                "size": p.checkedin() + p.checkedout(),
+                "checked_out": p.checkedout(),
+                "checked_in": p.checkedin(),
+                "max": self.settings.db_pool_max,
+                "timeout_s": self.settings.db_pool_timeout_s,
+            }
+        return out
+
+    async def ping(self, timeout_s: float = 5.0) -> float:
+        """Round-trip one `SELECT 1` through the pool; return the latency in ms."""
+        started = time.perf_counter()
+        async with asyncio.timeout(timeout_s), self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        return (time.perf_counter() - started) * 1000
+
+
+async def _quiet_rollback(session: NeonSession) -> None:
+    try:
+        await session.rollback()
+    except Exception:  # the connection is gone; the pool drops it
+        log.debug("rollback after an error failed", exc_info=True)

