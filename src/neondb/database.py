@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from neondb import metrics
@@ -223,7 +222,9 @@ class Database:
 
     def _maker(self, engine: AsyncEngine, kind: SessionKind) -> async_sessionmaker[NeonSession]:
         s = self.settings
-        bind = engine if kind == "transaction" else engine.execution_options(isolation_level="AUTOCOMMIT")
+        bind = engine
+        if kind != "transaction":
+            bind = engine.execution_options(isolation_level="AUTOCOMMIT")
         observe = metrics.STATEMENT_SECONDS.labels(self.name, kind).observe
         return async_sessionmaker(
             bind,

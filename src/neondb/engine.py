@@ -54,7 +54,8 @@ def _opener(
     """An async function that opens one driver connection: retried with backoff through
     the circuit breaker, and set up for the endpoint kind."""
     spec = url.spec(driver, connect_timeout_s=settings.db_connect_timeout_s)
-    setup = None if pooler or not settings.db_statement_timeout_s else settings.db_statement_timeout_s
+    timeout_s = settings.db_statement_timeout_s
+    setup = None if pooler or not timeout_s else timeout_s
 
     async def open_asyncpg() -> Any:
         import asyncpg

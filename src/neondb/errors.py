@@ -3,7 +3,7 @@
 Each error subclasses the SQLAlchemy error an existing handler would already catch, so
 adopting neondb breaks no `except OperationalError:` clause::
 
-    NeonDBError                          base: carries `status_code` and `retry_after_s`
+    NeonDBError                          base: `status_code`, `retry_after_s`, `public_detail`
     ├── ConfigurationError (ValueError)  bad setting or URL; raised before any connection
     ├── DatabaseUnavailableError         503: the database cannot be reached now
     │   │   (sqlalchemy.exc.OperationalError)
@@ -77,7 +77,7 @@ class NeonDBError(Exception):
     retry_after_s: float = 1.0
 
     @property
-    def detail(self) -> str:
+    def public_detail(self) -> str:
         """One line, safe for a client: no SQL, no parameters, no credentials."""
         return "database unavailable, retry later"
 
@@ -88,7 +88,7 @@ class ConfigurationError(NeonDBError, ValueError):
     status_code = 500
 
     @property
-    def detail(self) -> str:
+    def public_detail(self) -> str:
         return "database misconfigured"
 
 
@@ -125,7 +125,7 @@ class PoolExhaustedError(DatabaseUnavailableError, sa_exc.TimeoutError):
     retry_after_s = 1.0
 
     @property
-    def detail(self) -> str:
+    def public_detail(self) -> str:
         return "database busy, retry later"
 
 
@@ -134,7 +134,7 @@ class WriteOutcomeUnknownError(DatabaseUnavailableError):
     replayed. A client that must know retries with its own idempotency check."""
 
     @property
-    def detail(self) -> str:
+    def public_detail(self) -> str:
         return "database connection lost during a write; its outcome is unknown"
 
 
@@ -145,7 +145,7 @@ class QueryTimeoutError(_OperationalMixin):
     retry_after_s = 1.0
 
     @property
-    def detail(self) -> str:
+    def public_detail(self) -> str:
         return "database statement timed out"
 
 

@@ -72,7 +72,7 @@ ReadSession = Annotated[NeonSession, Depends(_read, scope="function")]
 
 def _error_response(exc: NeonDBError) -> JSONResponse:
     return JSONResponse(
-        {"detail": exc.detail},
+        {"detail": exc.public_detail},
         status_code=exc.status_code,
         headers={"Retry-After": retry_after_header(exc)},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from neondb.database import Database
@@ -23,7 +22,7 @@ async def database_health(db: Database, *, timeout_s: float | None = None) -> di
         body["latency_ms"] = round(await db.ping(limit), 2)
     except CircuitOpenError:
         body.update(status="unhealthy", database="circuit open")
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         body.update(status="unhealthy", database="timeout")
     except Exception as e:
         mapped = classify(e)

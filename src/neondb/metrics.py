@@ -25,9 +25,7 @@ STATEMENT_SECONDS = Histogram(
     ["db", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-ERRORS = Counter(
-    "neondb_errors_total", "Database errors by kind (class name of the neondb error)", ["db", "error"]
-)
+ERRORS = Counter("neondb_errors_total", "Database errors by neondb error class", ["db", "error"])
 CONNECTS = Counter("neondb_connections_opened_total", "Physical connections opened", ["db"])
 
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -40,7 +38,9 @@ class _LiveDatabases(Collector):
     def collect(self) -> Iterable[Metric]:
         names = ("size", "checked_out", "checked_in", "max")
         gauges = {
-            n: GaugeMetricFamily(f"neondb_pool_{n}", f"Pool connections: {n}", labels=["db", "role"])
+            n: GaugeMetricFamily(
+                f"neondb_pool_{n}", f"Pool connections: {n}", labels=["db", "role"]
+            )
             for n in names
         }
         breaker = GaugeMetricFamily(

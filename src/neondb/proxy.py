@@ -137,8 +137,6 @@ class FaultProxy:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(
-            pump(reader, up_writer, "client"), pump(up_reader, writer, "server")
-        )
+        await asyncio.gather(pump(reader, up_writer, "client"), pump(up_reader, writer, "server"))
         self._writers.discard(writer)
         self._writers.discard(up_writer)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -33,20 +33,16 @@ T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
 
 
-def retrying(
-    attempts: int, backoff_s: float, *, deadline_s: float | None = None
-) -> AsyncRetrying:
+def retrying(attempts: int, backoff_s: float, *, deadline_s: float | None = None) -> AsyncRetrying:
     """A tenacity policy for transient database errors: `attempts` tries in all, backoff
     `backoff_s * 2**n` with full jitter, capped at 5 s per wait."""
-    stop = stop_after_attempt(attempts)
+    stop: Any = stop_after_attempt(attempts)
     if deadline_s is not None:
         stop = stop | stop_after_delay(deadline_s)
     return AsyncRetrying(
         stop=stop,
         wait=wait_random_exponential(multiplier=backoff_s, max=5.0) if backoff_s else None,  # type: ignore[arg-type]
-        retry=retry_if_exception(
-            lambda e: is_transient(e) and not isinstance(e, CircuitOpenError)
-        ),
+        retry=retry_if_exception(lambda e: is_transient(e) and not isinstance(e, CircuitOpenError)),
         reraise=True,
     )
 

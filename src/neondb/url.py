@@ -192,9 +192,8 @@ class DatabaseURL:
                 server_settings[key] = unquote(value)
             elif key in ("sslcert", "sslkey"):
                 ctx = kwargs["ssl"]
-                if isinstance(ctx, ssl.SSLContext):
-                    if key == "sslcert":
-                        ctx.load_cert_chain(value, self.param("sslkey"))
+                if isinstance(ctx, ssl.SSLContext) and key == "sslcert":
+                    ctx.load_cert_chain(value, self.param("sslkey"))
             else:
                 raise ConfigurationError(
                     f"the database URL parameter {key!r} is not supported with asyncpg; "
