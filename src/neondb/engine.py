@@ -65,7 +65,11 @@ def _opener(
             kwargs["statement_cache_size"] = 0  # PgBouncer: named statements do not survive
         conn = await asyncpg.connect(**kwargs)
         if setup is not None:
-            await conn.execute(_timeout_sql(setup))
+            try:
+                await conn.execute(_timeout_sql(setup))
+            except BaseException:
+                conn.terminate()  # died while being set up (terminated, server stopping)
+                raise
         return conn
 
     async def open_psycopg() -> Any:
@@ -76,9 +80,13 @@ def _opener(
             prepare_threshold=None if pooler else 5,
             autocommit=True,
         )
-        if setup is not None:
-            await conn.execute(_timeout_sql(setup))
-        await conn.set_autocommit(False)
+        try:
+            if setup is not None:
+                await conn.execute(_timeout_sql(setup))
+            await conn.set_autocommit(False)
+        except BaseException:
+            await conn.close()  # died while being set up (terminated, server stopping)
+            raise
         return conn
 
     open_one = open_asyncpg if driver == "asyncpg" else open_psycopg

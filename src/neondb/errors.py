@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,6 +68,10 @@ TRANSIENT_MESSAGES = (
     "broken pipe",
     "consuming input failed",
     "connection timeout expired",
+    # asyncpg, when the server's goodbye (FATAL 57P01, say) reached an idle connection just
+    # before the next statement: its protocol is still consuming the error, the socket not
+    # yet seen closed (InternalClientError "cannot switch to state N; another operation...").
+    "cannot switch to state",
 )
 
 
@@ -180,6 +185,9 @@ def is_transient(exc: BaseException) -> bool:
     code = sqlstate_of(exc)
     if code is not None:
         return code.startswith("08") or code in TRANSIENT_SQLSTATES
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)):
+        # An OSError, but a wrong certificate (or a man in the middle) stays wrong on retry.
+        return False
     for e in _chain(exc):
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
             return True

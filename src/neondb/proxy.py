@@ -9,6 +9,8 @@ talk to Neon across a network:
 * `mode`: `"pass"`, `"refuse"` (close new connections at once), `"stall"` (accept and never
   answer), `"reset"` (abort new connections).
 * `drop_all()`: abort every open connection, as a network cut or a compute suspend would.
+* `connections`: connections forwarded upstream; `accepted`: every connection attempt,
+  refused and stalled ones included (proves that a client did not even try).
 
 It runs its own event loop in a daemon thread, so synchronous tests and the code under test
 (on its own loop) can share it. It listens on 127.0.0.1 only.
@@ -35,7 +37,8 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.delay_s = 0.0
         self.round_trips = 0
-        self.connections = 0
+        self.connections = 0  # forwarded to the upstream (mode "pass")
+        self.accepted = 0  # every connection attempt, whatever the mode
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -63,11 +66,18 @@ class FaultProxy:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()  # else its self-pipe socket leaks (a ResourceWarning)
 
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
         self._abort_all()
+        # Let the forwarding tasks end (their sockets are aborted), so none is pending when
+        # the loop closes.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -80,6 +90,7 @@ class FaultProxy:
     def reset_counts(self) -> None:
         self.round_trips = 0
         self.connections = 0
+        self.accepted = 0
 
     def drop_all(self) -> None:
         """Abort every open connection (both sides see a reset)."""
@@ -95,6 +106,7 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         mode = self.mode
+        self.accepted += 1
         if mode in ("refuse", "reset"):
             if mode == "reset":
                 with contextlib.suppress(OSError):

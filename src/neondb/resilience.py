@@ -35,14 +35,18 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 def retrying(attempts: int, backoff_s: float, *, deadline_s: float | None = None) -> AsyncRetrying:
     """A tenacity policy for transient database errors: `attempts` tries in all, backoff
-    `backoff_s * 2**n` with full jitter, capped at 5 s per wait."""
+    `backoff_s * 2**n` with full jitter, capped at 5 s per wait.
+
+    A `NeonDBError` is never retried: it is final (an open circuit) or has already had its
+    retries (a connection that could not be opened), and retrying it again would multiply
+    the wait (attempts x attempts connect timeouts for a read)."""
     stop: Any = stop_after_attempt(attempts)
     if deadline_s is not None:
         stop = stop | stop_after_delay(deadline_s)
     return AsyncRetrying(
         stop=stop,
         wait=wait_random_exponential(multiplier=backoff_s, max=5.0) if backoff_s else None,  # type: ignore[arg-type]
-        retry=retry_if_exception(lambda e: is_transient(e) and not isinstance(e, CircuitOpenError)),
+        retry=retry_if_exception(lambda e: is_transient(e) and not isinstance(e, NeonDBError)),
         reraise=True,
     )
 
@@ -116,12 +120,15 @@ class CircuitBreaker:
                 self.on_change("open")
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` through the breaker; only transient errors count as failures."""
+        """Run `fn` through the breaker; only transient errors and timeouts (a database
+        that accepts and never answers) count as failures."""
         self.before_call()
         try:
             result = await fn()
         except BaseException as exc:
-            if isinstance(exc, NeonDBError | Exception) and is_transient(exc):
+            if isinstance(exc, NeonDBError | Exception) and (
+                is_transient(exc) or isinstance(exc, TimeoutError)
+            ):
                 self.record_failure()
             else:
                 self._probing = False

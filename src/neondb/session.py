@@ -22,7 +22,9 @@ from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.visitors import iterate
 
 from neondb.errors import classify, is_transient
 from neondb.resilience import retrying
@@ -35,8 +37,12 @@ log = logging.getLogger("neondb")
 def is_read_statement(statement: Any) -> bool:
     """A plain SELECT: safe to repeat."""
     if isinstance(statement, Select):
-        return statement._for_update_arg is None
+        # A SELECT over a data-modifying CTE (WITH u AS (UPDATE ...) SELECT ...) writes.
+        return statement._for_update_arg is None and not any(
+            isinstance(e, UpdateBase) for e in iterate(statement)
+        )
     if isinstance(statement, TextClause):
+        # Text is opaque: only a plain SELECT/SHOW/VALUES counts (a `WITH` may hide a write).
         head = statement.text.lstrip().split(None, 1)[:1]
         return bool(head) and head[0].upper() in ("SELECT", "SHOW", "VALUES")
     return False
@@ -69,6 +75,10 @@ class NeonSession(AsyncSession):
 
     async def _once(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         backstop = self.info.get("neondb.backstop_s")
+        # Check out (or open) the connection before the backstop starts: it bounds the
+        # statement; opening a connection has its own limits (connect timeout, retries,
+        # breaker), and a database that cannot be reached is a 503, not a statement timeout.
+        await self.connection()
         try:
             async with asyncio.timeout(backstop):
                 return await fn(statement, *args, **kw)
@@ -79,7 +89,10 @@ class NeonSession(AsyncSession):
             raise
 
     async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
-        read = self.info.get("neondb.read_only", False) or is_read_statement(statement)
+        # A read session vouches for its text statements; expressions are checked anyway.
+        read = is_read_statement(statement) or (
+            self.info.get("neondb.read_only", False) and isinstance(statement, TextClause)
+        )
         autocommit = self.info.get("neondb.autocommit", False)
         # Retrying is safe when nothing before this statement could be lost with the
         # connection: the first statement of a transaction, or any in autocommit mode.
@@ -96,8 +109,9 @@ class NeonSession(AsyncSession):
                     except Exception as e:
                         if is_transient(e):
                             # Drop the dead connection (no round trip) so the retry checks
-                            # out a fresh one.
-                            await self.rollback()
+                            # out a fresh one: invalidate, as the driver may not have flagged
+                            # it as a disconnect, and a rollback would pool it again.
+                            await self.invalidate()
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
         except Exception as e:

@@ -214,6 +214,11 @@ class DatabaseURL:
             params[key] = raw if isinstance(raw, str) else raw[-1]
         params.pop("pgbouncer", None)
         params["sslmode"] = self.sslmode
+        if params["sslmode"] == "disable" and params.get("channel_binding") == "require":
+            # libpq would only fail at connect time, with a less direct message.
+            raise ConfigurationError(
+                "channel_binding=require needs TLS, but the URL says sslmode=disable"
+            )
         # libpq's connect_timeout is whole seconds, and values under 2 are raised to 2.
         params.setdefault("connect_timeout", str(max(2, round(connect_timeout_s))))
         if url.host:
@@ -244,8 +249,10 @@ def parse_url(raw: str) -> DatabaseURL:
     raw = raw.strip()
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         scheme = raw.split("://", 1)[0] if "://" in raw else "(none)"
+        if not scheme.replace("+", "").replace("_", "").isalnum():
+            scheme = "(none)"  # not a scheme: it may hold part of a password
         raise ConfigurationError(
             f"the database URL is not a URL (scheme {scheme!r}); expected "
             "postgresql://user:password@host:port/database"

@@ -1,0 +1,260 @@
+"""Bearer-token auth: JWTs verified with PyJWT.
+
+Two kinds of key, chosen by the token's `alg` header:
+
+* `HS256` with `AUTH_SECRET` (the tokens `todo-api token` prints). In development, with
+  no secret configured, one is generated once and kept in `DB_DATA_DIR/auth_secret`
+  (mode 0600, git-ignored folder); in production a missing secret stops start-up.
+* an asymmetric algorithm (EdDSA, RS256, ES256, ...) with the public keys published at
+  `AUTH_JWKS_URL` (an identity provider such as Better Auth's JWT plugin), looked up by `kid`.
+
+`alg: none`, an algorithm no configured key can verify, a bad signature, an expired token
+(`exp` is required), one without a usable `sub`, or a wrong `aud`/`iss` when those are
+configured: 401 with `WWW-Authenticate: Bearer`. `sub` is the user id; the claim
+`"role": "admin"` marks an admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from neondb import ConfigurationError
+from todo_api.settings import AppSettings
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "Authenticator",
+    "CurrentUser",
+    "InvalidToken",
+    "User",
+    "current_user",
+    "dev_secret",
+    "issue_token",
+    "require_admin",
+]
+
+log = logging.getLogger("todo_api")
+
+HMAC_ALGORITHM = "HS256"
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits
+MAX_SUB_LENGTH = 255  # the width of the user_id columns
+SECRET_FILE = "auth_secret"
+
+
+@dataclass(frozen=True)
+class User:
+    """The authenticated caller."""
+
+    id: str
+    admin: bool = False
+
+
+def issue_token(secret: str, sub: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
+    """An HS256 token for `sub`, valid for `ttl_s` seconds (negative: already expired)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl_s}
+    if admin:
+        claims["role"] = "admin"
+    return jwt.encode(claims, secret, algorithm=HMAC_ALGORITHM)
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The development signing secret: read from `data_dir/auth_secret`, generated there
+    on first use. Safe when several processes start at once (the file appears atomically,
+    the first one wins)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)  # atomic, and fails if another process got there first
+            log.info("generated a development auth secret in %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        log.warning("%s was readable by others; its mode is now 0600", path)
+    return path.read_text().strip()
+
+
+def _is_admin(role: Any) -> bool:
+    # "admin", or a list of roles / Better Auth's comma-separated roles that includes it.
+    if isinstance(role, str):
+        return "admin" in (r.strip() for r in role.split(","))
+    if isinstance(role, list):
+        return "admin" in role
+    return False
+
+
+class InvalidToken(Exception):
+    """The token cannot be accepted; the message is for the log, not the client."""
+
+
+class Authenticator:
+    """Verifies bearer tokens with the configured keys."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        jwks_url: str | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway_s: float = 30.0,
+    ) -> None:
+        if secret is None and jwks_url is None:
+            raise ConfigurationError("auth: set AUTH_SECRET or AUTH_JWKS_URL")
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes for HS256 "
+                "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        self.secret = secret
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway_s = leeway_s
+        self.jwks = (
+            jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            if jwks_url
+            else None
+        )
+
+    def __repr__(self) -> str:
+        kinds = [k for k, v in (("HS256", self.secret), ("JWKS", self.jwks)) if v]
+        return f"Authenticator({', '.join(kinds)})"
+
+    @classmethod
+    def from_settings(cls, settings: AppSettings) -> Authenticator:
+        """Keys from the settings; a generated secret in development when none is set."""
+        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
+        if secret is None and settings.auth_jwks_url is None:
+            if settings.app_env == "production":
+                raise ConfigurationError(
+                    "APP_ENV=production needs AUTH_SECRET (HS256 key, 32+ bytes) or "
+                    "AUTH_JWKS_URL (your identity provider's JWKS) to verify bearer tokens"
+                )
+            secret = dev_secret(settings.db_data_dir)
+        return cls(
+            secret=secret,
+            jwks_url=settings.auth_jwks_url,
+            audience=settings.auth_audience,
+            issuer=settings.auth_issuer,
+            leeway_s=settings.auth_leeway_s,
+        )
+
+    def _key_for(self, token: str) -> tuple[Any, str]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise InvalidToken(f"malformed: {e}") from None
+        alg = header.get("alg")
+        if alg == HMAC_ALGORITHM and self.secret is not None:
+            return self.secret, alg
+        if isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS and self.jwks is not None:
+            try:
+                return self.jwks.get_signing_key_from_jwt(token), alg
+            except jwt.PyJWKClientConnectionError:
+                raise
+            except jwt.PyJWTError as e:
+                raise InvalidToken(f"no key: {e}") from None
+        raise InvalidToken(f"algorithm {alg!r} not accepted")
+
+    def verify(self, token: str) -> User:
+        """The user a token names. Raises InvalidToken, or PyJWKClientConnectionError
+        when the JWKS cannot be fetched. May block on the JWKS fetch: see `authenticate`."""
+        key, alg = self._key_for(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.PyJWTError as e:
+            raise InvalidToken(str(e)) from None
+        sub = claims.get("sub")
+        if (
+            not isinstance(sub, str)
+            or not 1 <= len(sub) <= MAX_SUB_LENGTH
+            or "\x00" in sub
+            or not sub.isprintable()
+        ):
+            raise InvalidToken("unusable sub claim")
+        return User(id=sub, admin=_is_admin(claims.get("role")))
+
+    async def authenticate(self, token: str) -> User:
+        if self.jwks is not None and not self._is_hmac(token):
+            # PyJWKClient fetches with blocking urllib (cached for 5 minutes): off the loop.
+            return await asyncio.to_thread(self.verify, token)
+        return self.verify(token)
+
+    def _is_hmac(self, token: str) -> bool:
+        try:
+            return bool(jwt.get_unverified_header(token).get("alg") == HMAC_ALGORITHM)
+        except jwt.PyJWTError:
+            return True  # rejected without any fetch
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="`Authorization: Bearer <JWT>`; get one with `todo-api token --sub alice`",
+)
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The caller, from the bearer token: 401 when it is missing or not acceptable."""
+    if credentials is None:
+        raise _unauthorized("Not authenticated")
+    auth: Authenticator = request.app.state.auth
+    try:
+        return await auth.authenticate(credentials.credentials)
+    except InvalidToken as e:
+        log.info("rejected a bearer token: %s", e)
+        raise _unauthorized("Invalid or expired token") from None
+    except jwt.PyJWKClientConnectionError:
+        log.warning("cannot fetch the JWKS to verify a token")
+        raise HTTPException(
+            status_code=503,
+            detail="identity provider unreachable, retry later",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+"""The authenticated user (401 otherwise)."""
+
+
+async def require_admin(user: CurrentUser) -> User:
+    """401 without a valid token, 403 unless the token says `"role": "admin"`."""
+    if not user.admin:
+        raise HTTPException(status_code=403, detail="Admin only")
+    return user

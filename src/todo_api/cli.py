@@ -1,0 +1,111 @@
+"""`todo-api`: serve the API, print a bearer token, migrate the database.
+
+todo-api serve                       # http://127.0.0.1:8000 (HOST, PORT), docs at /docs
+todo-api token --sub alice [--admin] [--ttl-s 3600]
+todo-api migrate [--check]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from neondb import ConfigurationError, Database, MigrationDriftError, NeonDBError, load_settings
+from todo_api.auth import Authenticator, issue_token
+from todo_api.models import MIGRATIONS
+from todo_api.settings import AppSettings
+
+__all__ = ["main"]
+
+main = typer.Typer(
+    name="todo-api",
+    help="The todo_api service: serve it, get a token, migrate.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _settings() -> AppSettings:
+    try:
+        return load_settings(AppSettings)
+    except ConfigurationError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _authenticator(settings: AppSettings) -> Authenticator:
+    try:
+        return Authenticator.from_settings(settings)
+    except ConfigurationError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@main.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="listen address (default: HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: PORT)")] = None,
+) -> None:
+    """Start the API with uvicorn (embedded PostgreSQL when DATABASE_URL is unset)."""
+    import uvicorn
+
+    settings = _settings()
+    _authenticator(settings)  # refuse to start without keys in production, before binding
+    host = host or settings.host
+    port = port or settings.port
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"todo_api on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
+    if settings.auth_secret is None and settings.auth_jwks_url is None:
+        typer.echo("get a token: todo-api token --sub alice")
+    else:
+        typer.echo("get a token: todo-api token --sub alice (signed with AUTH_SECRET)")
+    uvicorn.run("todo_api.app:create_app", factory=True, host=host, port=port)
+
+
+@main.command()
+def token(
+    sub: Annotated[str, typer.Option(help="user id (the `sub` claim)")],
+    admin: Annotated[bool, typer.Option("--admin", help='add "role": "admin"')] = False,
+    ttl_s: Annotated[int, typer.Option("--ttl-s", min=1, help="lifetime in seconds")] = 3600,
+) -> None:
+    """Print a bearer token signed with AUTH_SECRET (in development: the generated one)."""
+    settings = _settings()
+    auth = _authenticator(settings)
+    if auth.secret is None:
+        typer.echo("error: no AUTH_SECRET: tokens come from your identity provider", err=True)
+        raise typer.Exit(2)
+    typer.echo(issue_token(auth.secret, sub, admin=admin, ttl_s=ttl_s))
+
+
+@main.command()
+def migrate(
+    check: Annotated[
+        bool, typer.Option("--check", help="only check: at head and no drift, else exit 1")
+    ] = False,
+) -> None:
+    """Upgrade the database to the latest migration (or check it is there)."""
+    settings = _settings()
+
+    async def run() -> str | None:
+        db = Database(settings)
+        await db.start()
+        try:
+            if check:
+                await MIGRATIONS.check(db)
+            else:
+                await MIGRATIONS.upgrade(db)
+            return await MIGRATIONS.current(db)
+        finally:
+            await db.stop()
+
+    try:
+        revision = asyncio.run(run())
+    except MigrationDriftError as e:
+        typer.echo(f"drift: {e}", err=True)
+        raise typer.Exit(1) from None
+    except NeonDBError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"database at revision {revision}{' (checked)' if check else ''}")

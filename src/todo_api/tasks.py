@@ -1,0 +1,275 @@
+"""`/api/tasks`: a user's tasks.
+
+Every route is one SQL statement in an autocommit (write) or read session, so one round
+trip; every statement filters by the authenticated user. See DESIGN.md, "Few round trips".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    TextClause,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from neondb import AutocommitSession, ReadSession
+from neondb.errors import sqlstate_of
+from todo_api.auth import CurrentUser
+from todo_api.models import (
+    MAX_ID,
+    TASKS,
+    Priority,
+    SearchText,
+    Tag,
+    TaskCompletion,
+    TaskCreate,
+    TaskPage,
+    TaskPublic,
+    TaskUpdate,
+    UtcDatetime,
+)
+from todo_api.responses import BAD_BODY, COMMON_RESPONSES, NOT_FOUND, not_found
+from todo_api.strict import reject_unknown_query
+
+__all__ = ["TaskFilters", "complete_statement", "list_statement", "router"]
+
+router = APIRouter(
+    prefix="/api/tasks",
+    tags=["tasks"],
+    responses=COMMON_RESPONSES,
+    dependencies=[Depends(reject_unknown_query)],
+)
+
+tasks: Table = TASKS
+PUBLIC = [c for c in tasks.c if c.name != "user_id"]
+NEWEST_FIRST = (tasks.c.created_at.desc(), tasks.c.id.desc())
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
+Status = Literal["all", "pending", "completed"]
+
+
+def _public(row: Any) -> TaskPublic:
+    return TaskPublic.model_validate(dict(row._mapping))
+
+
+def like_pattern(q: str) -> str:
+    """`q` as a literal ILIKE substring: `\\`, `%` and `_` lose their meaning."""
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    status: Status = "all"
+    priority: Priority | None = None
+    tag: str | None = None
+    q: str | None = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+
+    def where(self, user_id: str) -> list[ColumnElement[bool]]:
+        c = tasks.c
+        out: list[ColumnElement[bool]] = [c.user_id == user_id]
+        if self.status != "all":
+            out.append(c.completed == (self.status == "completed"))
+        if self.priority is not None:
+            out.append(c.priority == self.priority)
+        if self.tag is not None:
+            out.append(c.tags.contains([self.tag]))  # tags @> ARRAY[tag]: GIN index
+        if self.q:
+            pattern = like_pattern(self.q)
+            out.append(
+                or_(c.title.ilike(pattern, escape="\\"), c.description.ilike(pattern, escape="\\"))
+            )
+        if self.due_after is not None:
+            out.append(c.due_date >= self.due_after)
+        if self.due_before is not None:
+            out.append(c.due_date < self.due_before)
+        return out
+
+
+def list_statement(user_id: str, filters: TaskFilters, limit: int, offset: int) -> Select[Any]:
+    """One page, newest first, each row carrying the total of matching rows."""
+    return (
+        select(*PUBLIC, func.count().over().label("total"))
+        .where(*filters.where(user_id))
+        .order_by(*NEWEST_FIRST)
+        .limit(limit)
+        .offset(offset)
+    )
+
+
+# Completing and creating the next occurrence is one statement: the conditional UPDATE
+# (`NOT completed`, so concurrent or repeated calls complete it once) feeds the INSERT.
+# Dates move in UTC: +1 day, +7 days, or +1 calendar month (PostgreSQL clamps Jan 31 to
+# the end of February). A next date past year 9999 (beyond Python's datetime) ends the series.
+_COLUMNS = ", ".join(c.name for c in PUBLIC)
+_COMPLETE_SQL = f"""
+WITH done AS (
+    UPDATE tasks SET completed = true, updated_at = now()
+    WHERE id = :id AND user_id = :user_id AND NOT completed
+    RETURNING *
+), next AS (
+    INSERT INTO tasks (user_id, title, description, priority, tags, due_date,
+                       recurring, recurring_pattern)
+    SELECT d.user_id, d.title, d.description, d.priority, d.tags, n.due_date,
+           d.recurring, d.recurring_pattern
+    FROM done AS d
+    CROSS JOIN LATERAL (
+        SELECT (d.due_date AT TIME ZONE 'UTC' + CASE d.recurring_pattern
+                    WHEN 'daily' THEN interval '1 day'
+                    WHEN 'weekly' THEN interval '7 days'
+                    WHEN 'monthly' THEN interval '1 month'
+                END) AT TIME ZONE 'UTC' AS due_date
+    ) AS n
+    WHERE d.recurring AND n.due_date IS NOT NULL
+      AND n.due_date < timestamptz '10000-01-01 00:00:00+00'
+    RETURNING *
+)
+SELECT false AS is_next, {_COLUMNS} FROM done
+UNION ALL
+SELECT true AS is_next, {_COLUMNS} FROM next
+"""
+
+
+def complete_statement(task_id: int, user_id: str) -> TextClause:
+    return text(_COMPLETE_SQL).bindparams(id=task_id, user_id=user_id)
+
+
+@router.post("", status_code=201, responses=BAD_BODY)
+async def create_task(
+    body: TaskCreate, user: CurrentUser, session: AutocommitSession
+) -> TaskPublic:
+    """Create a task (`title` 1 to 200 characters)."""
+    values = body.model_dump()
+    stmt = insert(tasks).values(user_id=user.id, **values).returning(*PUBLIC)
+    return _public((await session.execute(stmt)).one())
+
+
+@router.get("")
+async def list_tasks(
+    user: CurrentUser,
+    session: ReadSession,
+    status: Annotated[Status, Query(description="all, pending or completed")] = "all",
+    priority: Priority | None = None,
+    tag: Annotated[Tag | None, Query(description="whole tag, case-sensitive")] = None,
+    q: Annotated[
+        SearchText | None,
+        Query(description="literal, case-insensitive substring of title or description"),
+    ] = None,
+    due_before: Annotated[
+        UtcDatetime | None, Query(description="due strictly before (ISO 8601 with zone)")
+    ] = None,
+    due_after: Annotated[
+        UtcDatetime | None, Query(description="due at or after (ISO 8601 with zone)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> TaskPage:
+    """The caller's tasks, newest first (created_at, then id, descending)."""
+    filters = TaskFilters(status, priority, tag, q, due_before, due_after)
+    rows = (await session.execute(list_statement(user.id, filters, limit, offset))).all()
+    if rows:
+        total = rows[0].total
+    elif offset > 0:
+        # Past the end: the page cannot carry the total, so count.
+        count = select(func.count()).select_from(tasks).where(*filters.where(user.id))
+        total = (await session.execute(count)).scalar_one()
+    else:
+        total = 0
+    return TaskPage(items=[_public(r) for r in rows], total=total)
+
+
+@router.get("/{task_id}", responses=NOT_FOUND)
+async def get_task(task_id: TaskId, user: CurrentUser, session: ReadSession) -> TaskPublic:
+    stmt = select(*PUBLIC).where(tasks.c.id == task_id, tasks.c.user_id == user.id)
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        raise not_found("Task")
+    return _public(row)
+
+
+@router.patch("/{task_id}", responses=NOT_FOUND | BAD_BODY)
+async def update_task(
+    task_id: TaskId,
+    body: Annotated[TaskUpdate, Body()],
+    user: CurrentUser,
+    session: AutocommitSession,
+) -> TaskPublic:
+    """Change the fields sent; `updated_at` advances. `null` clears `description`,
+    `due_date` or `recurring_pattern`. Setting `completed` here creates no next occurrence
+    (that is `POST /api/tasks/{id}/complete`)."""
+    changes = body.model_dump(exclude_unset=True)
+    mine = and_(tasks.c.id == task_id, tasks.c.user_id == user.id)
+    if not changes:
+        row = (await session.execute(select(*PUBLIC).where(mine))).one_or_none()
+    else:
+        stmt = update(tasks).where(mine).values(**changes, updated_at=func.now()).returning(*PUBLIC)
+        try:
+            row = (await session.execute(stmt)).one_or_none()
+        except IntegrityError as e:
+            # The final row must satisfy `NOT recurring OR recurring_pattern IS NOT NULL`,
+            # which depends on the stored row: the CHECK constraint decides, in the same
+            # statement. Other violations go to the app's generic 422 handler.
+            if sqlstate_of(e) == "23514" and '"ck_tasks_recurring"' in str(e.orig):
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ("body", "recurring_pattern"),
+                            "msg": "recurring_pattern is required when recurring is true",
+                            "input": changes.get("recurring_pattern"),
+                        }
+                    ]
+                ) from None
+            raise
+    if row is None:
+        raise not_found("Task")
+    return _public(row)
+
+
+@router.delete("/{task_id}", status_code=204, response_class=Response, responses=NOT_FOUND)
+async def delete_task(task_id: TaskId, user: CurrentUser, session: AutocommitSession) -> Response:
+    stmt = (
+        delete(tasks).where(tasks.c.id == task_id, tasks.c.user_id == user.id).returning(tasks.c.id)
+    )
+    if (await session.execute(stmt)).one_or_none() is None:
+        raise not_found("Task")
+    return Response(status_code=204)
+
+
+@router.post("/{task_id}/complete", responses=NOT_FOUND)
+async def complete_task(
+    task_id: TaskId, user: CurrentUser, session: AutocommitSession
+) -> TaskCompletion:
+    """Mark the task completed. A recurring task with a due date gets its next occurrence
+    (daily +1 day, weekly +7 days, monthly +1 calendar month, in UTC) in the same statement.
+    Completing a completed task changes nothing and returns `next: null`."""
+    rows = (await session.execute(complete_statement(task_id, user.id))).all()
+    done = next((r for r in rows if not r.is_next), None)
+    if done is None:
+        # Nothing was updated: already completed (return it as it is), or not there.
+        stmt = select(*PUBLIC).where(tasks.c.id == task_id, tasks.c.user_id == user.id)
+        done = (await session.execute(stmt)).one_or_none()
+        if done is None:
+            raise not_found("Task")
+    following = next((r for r in rows if r.is_next), None)
+    return TaskCompletion(
+        task=_public(done), next=_public(following) if following is not None else None
+    )

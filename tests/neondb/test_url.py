@@ -1,0 +1,412 @@
+"""neondb.url: every URL form users paste, translated per driver; refusals; no password shown.
+
+The live TLS + SCRAM connections with these URLs are in test_url_tls.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from neondb import ConfigurationError, Database, DatabaseURL, parse_url
+from neondb.url import ConnectSpec
+
+PASSWORD = "s3cr3t-Pw-7d1f"
+NEON_HOST = "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
+POOLER_HOST = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
+CONSOLE = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require&channel_binding=require"
+
+
+def libpq(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    spec = parse_url(url).spec("psycopg", connect_timeout_s=timeout)
+    assert set(spec.kwargs) == {"conninfo"}
+    return conninfo_to_dict(spec.kwargs["conninfo"])
+
+
+def asyncpg_kwargs(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    spec = parse_url(url).spec("asyncpg", connect_timeout_s=timeout)
+    assert spec.driver == "asyncpg"
+    return dict(spec.kwargs)
+
+
+# schemes and driver hints ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "hint"),
+    [
+        ("postgres", None),
+        ("postgresql", None),
+        ("postgresql+asyncpg", "asyncpg"),
+        ("postgresql+psycopg", "psycopg"),
+        ("postgresql+psycopg_async", "psycopg"),
+        ("postgresql+psycopg2", "psycopg"),
+    ],
+)
+def test_every_scheme_parses_and_translates_for_both_drivers(scheme: str, hint: str | None) -> None:
+    url = parse_url(f"{scheme}://alex:{PASSWORD}@db.example.com:6543/app")
+    assert url.driver_hint == hint
+    assert url.host == "db.example.com"
+
+    kw = asyncpg_kwargs(url.url.render_as_string(hide_password=False))
+    assert kw["host"] == "db.example.com"
+    assert kw["port"] == 6543
+    assert kw["user"] == "alex"
+    assert kw["password"] == PASSWORD
+    assert kw["database"] == "app"
+
+    params = libpq(url.url.render_as_string(hide_password=False))
+    assert params["host"] == "db.example.com"
+    assert params["port"] == "6543"
+    assert params["user"] == "alex"
+    assert params["password"] == PASSWORD
+    assert params["dbname"] == "app"
+
+
+def test_driver_hint_picks_the_driver_unless_db_driver_says_otherwise() -> None:
+    from neondb_support import make_settings
+
+    db = Database(make_settings(f"postgresql+psycopg://u:{PASSWORD}@h/db"))
+    db.url = parse_url(f"postgresql+psycopg://u:{PASSWORD}@h/db")
+    assert db.driver == "psycopg"
+    db = Database(make_settings("postgresql://u@h/db", db_driver="psycopg"))
+    db.url = parse_url("postgresql+asyncpg://u@h/db")
+    assert db.driver == "psycopg"
+    db = Database(make_settings("postgresql://u@h/db"))
+    db.url = parse_url("postgresql://u@h/db")
+    assert db.driver == "asyncpg"
+
+
+def test_percent_encoded_password_is_decoded_for_both_drivers() -> None:
+    url = "postgresql://alex:p%40ss%2Fw%3Ard@localhost:5433/app"
+    assert asyncpg_kwargs(url)["password"] == "p@ss/w:rd"
+    assert libpq(url)["password"] == "p@ss/w:rd"
+
+
+# the Neon console string ------------------------------------------------------------------
+
+
+def test_neon_console_string_for_psycopg_keeps_sslmode_and_channel_binding() -> None:
+    params = libpq(CONSOLE)
+    assert params["sslmode"] == "require"
+    assert params["channel_binding"] == "require"
+    assert params["host"] == NEON_HOST
+    assert params["dbname"] == "neondb"
+
+
+def test_neon_console_string_for_asyncpg_becomes_verify_full(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="neondb"):
+        kw = asyncpg_kwargs(CONSOLE)
+    # Nothing libpq-only reaches asyncpg.connect(): that was the TypeError.
+    assert not {"sslmode", "channel_binding"} & set(kw)
+    assert "server_settings" not in kw
+    ctx = kw["ssl"]
+    assert isinstance(ctx, ssl.SSLContext)
+    # No channel binding in asyncpg: the certificate and host name are verified instead.
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname is True
+    assert "channel binding" in caplog.text
+    assert "verify-full" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+def test_sslmode_require_without_channel_binding_encrypts_without_verifying() -> None:
+    # libpq semantics: `require` encrypts and does not check the certificate.
+    ctx = asyncpg_kwargs(f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require")["ssl"]
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_NONE
+    assert ctx.check_hostname is False
+
+
+@pytest.mark.parametrize(
+    ("query", "verify", "hostname"),
+    [
+        ("sslmode=verify-full", ssl.CERT_REQUIRED, True),
+        ("sslmode=verify-ca", ssl.CERT_REQUIRED, False),
+        ("sslmode=require&sslrootcert={ca}", ssl.CERT_REQUIRED, False),
+        ("sslmode=verify-full&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
+        ("sslmode=require&channel_binding=require&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
+    ],
+)
+def test_asyncpg_ssl_context_per_sslmode(
+    query: str, verify: ssl.VerifyMode, hostname: bool, tmp_path: Any
+) -> None:
+    ca = _write_ca(tmp_path)
+    kw = asyncpg_kwargs(f"postgresql://alex:{PASSWORD}@db.example.com/app?{query.format(ca=ca)}")
+    ctx = kw["ssl"]
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == verify
+    assert ctx.check_hostname is hostname
+    assert "sslrootcert" not in kw
+    if "{ca}" in query:
+        # The given CA, not the system store, is the trust anchor.
+        assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "test CA"),),)]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", "prefer"),
+        ("sslmode=prefer", "prefer"),
+        ("sslmode=allow", "prefer"),
+        ("sslmode=disable", False),
+    ],
+)
+def test_asyncpg_ssl_for_non_verifying_modes(query: str, expected: object) -> None:
+    url = f"postgresql://alex:{PASSWORD}@db.example.com/app" + (f"?{query}" if query else "")
+    assert asyncpg_kwargs(url)["ssl"] == expected
+    assert libpq(url)["sslmode"] == (query.split("=")[1] if query else "prefer")
+
+
+def test_neon_host_always_gets_tls() -> None:
+    plain = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb"
+    assert parse_url(plain).sslmode == "require"
+    assert libpq(plain)["sslmode"] == "require"
+    assert isinstance(asyncpg_kwargs(plain)["ssl"], ssl.SSLContext)
+    # `prefer` would silently allow plain text elsewhere; with Neon it is TLS.
+    assert libpq(plain + "?sslmode=prefer")["sslmode"] == "require"
+
+
+# pooler, options, sslrootcert, application_name, connect_timeout -----------------------------
+
+
+def test_pooler_host_is_detected() -> None:
+    from neondb_support import make_settings
+
+    pooled = parse_url(f"postgres://alex:{PASSWORD}@{POOLER_HOST}/neondb?sslmode=require")
+    direct = parse_url(CONSOLE)
+    assert pooled.is_pooler
+    assert pooled.is_neon
+    assert not direct.is_pooler
+    assert direct.is_neon
+    # A `-pooler` elsewhere in the name is not the first label: not Neon's pooler.
+    assert not parse_url("postgresql://u@db.my-pooler.example.com/app").is_pooler
+
+    auto = Database(make_settings(pooled.url.render_as_string(hide_password=False)))
+    assert auto.behind_pooler(pooled) is True
+    assert auto.behind_pooler(direct) is False
+    forced = Database(make_settings("postgresql://u@h/db", db_pooler="transaction"))
+    assert forced.behind_pooler(direct) is True
+    off = Database(make_settings("postgresql://u@h/db", db_pooler="none"))
+    assert off.behind_pooler(pooled) is False
+
+
+def test_endpoint_options_reach_both_drivers() -> None:
+    url = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require&options=endpoint%3Dep-cool-darkness-123456"
+    assert libpq(url)["options"] == "endpoint=ep-cool-darkness-123456"
+    kw = asyncpg_kwargs(url)
+    assert kw["server_settings"] == {"options": "endpoint=ep-cool-darkness-123456"}
+
+
+def test_application_name_and_connect_timeout() -> None:
+    url = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?application_name=todo-api&connect_timeout=7"
+    kw = asyncpg_kwargs(url, timeout=3)
+    assert kw["server_settings"] == {"application_name": "todo-api"}
+    assert kw["timeout"] == 7.0  # the URL's own value wins over DB_CONNECT_TIMEOUT_S
+    params = libpq(url, timeout=3)
+    assert params["application_name"] == "todo-api"
+    assert params["connect_timeout"] == "7"
+
+
+def test_connect_timeout_setting_for_both_drivers() -> None:
+    url = f"postgresql://alex:{PASSWORD}@db.example.com/app"
+    assert asyncpg_kwargs(url, timeout=3.5)["timeout"] == 3.5
+    assert libpq(url, timeout=4)["connect_timeout"] == "4"
+    # libpq counts whole seconds and raises anything under 2 to 2: say 2 rather than 0.
+    assert libpq(url, timeout=0.5)["connect_timeout"] == "2"
+
+
+def test_sslrootcert_reaches_libpq() -> None:
+    url = f"postgresql+psycopg://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt"
+    params = libpq(url)
+    assert params["sslmode"] == "verify-full"
+    assert params["sslrootcert"] == "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_libpq_only_parameters_are_dropped_for_asyncpg() -> None:
+    url = (
+        f"postgresql://alex:{PASSWORD}@db.example.com/app?sslmode=require"
+        "&gssencmode=disable&target_session_attrs=any&channel_binding=prefer"
+    )
+    kw = asyncpg_kwargs(url)
+    assert not {"gssencmode", "target_session_attrs", "channel_binding"} & set(kw)
+    assert "server_settings" not in kw
+
+
+def test_unix_socket_url() -> None:
+    url = "postgresql://postgres@/app?host=/run/postgresql&port=6000"
+    parsed = parse_url(url)
+    assert parsed.is_unix_socket
+    assert parsed.sslmode == "disable"
+    kw = asyncpg_kwargs(url)
+    assert (kw["host"], kw["port"], kw["ssl"]) == ("/run/postgresql", 6000, False)
+    params = libpq(url)
+    assert (params["host"], params["port"]) == ("/run/postgresql", "6000")
+
+
+def test_with_database_keeps_everything_else() -> None:
+    other = parse_url(CONSOLE).with_database("branch_db")
+    assert other.url.database == "branch_db"
+    assert other.url.password == PASSWORD
+    assert other.param("channel_binding") == "require"
+
+
+# refusals ------------------------------------------------------------------------------------
+
+
+def _refused(url: str, driver: str = "asyncpg") -> ConfigurationError:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(url).spec(driver, connect_timeout_s=5)  # type: ignore[arg-type]
+    err = info.value
+    assert PASSWORD not in str(err)
+    assert PASSWORD not in repr(err)
+    assert err.status_code == 500
+    return err
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_channel_binding_require_with_sslmode_disable_is_refused(driver: str) -> None:
+    err = _refused(
+        f"postgresql://alex:{PASSWORD}@db.example.com/app?sslmode=disable&channel_binding=require",
+        driver,
+    )
+    assert "channel_binding=require" in str(err)
+    assert "sslmode=disable" in str(err)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_sslmode_disable_on_neon_is_refused(driver: str) -> None:
+    err = _refused(f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=disable", driver)
+    assert "Neon" in str(err)
+    assert "TLS" in str(err)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_unknown_sslmode_is_refused(driver: str) -> None:
+    err = _refused(f"postgresql://alex:{PASSWORD}@db.example.com/app?sslmode=maybe", driver)
+    assert "sslmode='maybe'" in str(err)
+
+
+def test_unknown_channel_binding_is_refused_for_asyncpg() -> None:
+    err = _refused(f"postgresql://alex:{PASSWORD}@db.example.com/app?channel_binding=always")
+    assert "channel_binding='always'" in str(err)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://alex:{PASSWORD}@db.example.com/app",
+        f"sqlite:///{PASSWORD}.db",
+        f"postgresql+pg8000://alex:{PASSWORD}@db.example.com/app",
+    ],
+)
+def test_unknown_scheme_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(url)
+    assert "not PostgreSQL" in str(info.value)
+    assert "postgresql://" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"alex:{PASSWORD}@db.example.com/app",
+        f"alex:{PASSWORD}://x@db.example.com/app",
+        f"postgresql://alex:{PASSWORD}@db.example.com:notaport/app",
+        "",
+        "   ",
+    ],
+)
+def test_something_that_is_not_a_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(url)
+    assert "postgresql://user:password@host:port/database" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+def test_url_without_host_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="names no host"):
+        parse_url(f"postgresql://alex:{PASSWORD}@/app")
+
+
+def test_unsupported_asyncpg_parameter_is_refused_and_names_the_fix() -> None:
+    err = _refused(f"postgresql://alex:{PASSWORD}@db.example.com/app?keepalives=1")
+    assert "'keepalives'" in str(err)
+    assert "DB_DRIVER=psycopg" in str(err)
+    # libpq knows it: the same URL works with psycopg.
+    assert (
+        libpq(f"postgresql://alex:{PASSWORD}@db.example.com/app?keepalives=1")["keepalives"] == "1"
+    )
+
+
+def test_bad_connect_timeout_is_refused_for_asyncpg() -> None:
+    err = _refused(f"postgresql://alex:{PASSWORD}@db.example.com/app?connect_timeout=soon")
+    assert "connect_timeout='soon'" in str(err)
+
+
+# no password anywhere --------------------------------------------------------------------------
+
+
+def test_no_password_in_repr_str_or_display() -> None:
+    url = parse_url(CONSOLE)
+    for text in (repr(url), str(url), url.display, f"{url}", f"{url!r}"):
+        assert PASSWORD not in text
+        assert "***" in text
+    for driver in ("asyncpg", "psycopg"):
+        spec = url.spec(driver, connect_timeout_s=5)  # type: ignore[arg-type]
+        assert isinstance(spec, ConnectSpec)
+        assert PASSWORD not in repr(spec)
+        assert PASSWORD not in str(spec)
+        assert driver in repr(spec)
+
+
+def test_database_repr_hides_the_password() -> None:
+    from neondb_support import make_settings
+
+    db = Database(make_settings(CONSOLE))
+    assert repr(db) == "Database('neondb', not started)"
+    db.url = parse_url(CONSOLE)
+    assert PASSWORD not in repr(db)
+    assert NEON_HOST in repr(db)
+
+
+def test_parse_returns_a_frozen_value() -> None:
+    url = parse_url(CONSOLE)
+    assert isinstance(url, DatabaseURL)
+    with pytest.raises(AttributeError):
+        url.driver_hint = "psycopg"  # type: ignore[misc]
+
+
+def _write_ca(tmp_path: Any) -> str:
+    """A throwaway CA certificate file whose subject is CN=test CA."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)

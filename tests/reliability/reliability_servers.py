@@ -1,0 +1,239 @@
+"""The servers the fault tests start, stop and kill: a dedicated PostgreSQL server and
+PgBouncer. The fixtures that own them are in this folder's conftest.py."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neondb.testing import admin_execute
+
+AS_ROOT = os.geteuid() == 0
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def give_to(path: Path, user: str) -> None:
+    """Make `path` (a folder we created) owned by `user`, and its parents traversable."""
+    if not AS_ROOT:
+        return
+    entry = pwd.getpwnam(user)
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, entry.pw_uid, entry.pw_gid)
+    for parent in path.parents:
+        parent.chmod(parent.stat().st_mode | 0o055)
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server of our own: trust auth, TCP on 127.0.0.1 only."""
+
+    bin_dir: Path
+    base: Path
+    port: int
+    user: str | None  # the OS user the server runs as (postgres refuses root)
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.base / "server.log"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.base / "pgdata"
+
+    def url(
+        self, database: str = "postgres", user: str = "postgres", *, port: int | None = None
+    ) -> str:
+        return f"postgresql://{user}@127.0.0.1:{port or self.port}/{database}?sslmode=disable"
+
+    def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
+        run_as: dict[str, Any] = {"user": self.user} if self.user else {}
+        subprocess.run(
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+            **run_as,
+        )
+
+    def initdb(self) -> None:
+        run_as: dict[str, Any] = {"user": self.user} if self.user else {}
+        subprocess.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            **run_as,
+        )
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# neondb reliability tests\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"port = {self.port}\n"
+                "unix_socket_directories = ''\n"
+                # Only an OS crash could lose a write that fsync=off leaves in the page
+                # cache; the tests crash the server's processes, never the kernel.
+                "fsync = off\n"
+                "max_connections = 200\n"
+            )
+
+    def start(self) -> None:
+        self._pg_ctl("-l", str(self.log), "-w", "-t", "60", "start", timeout=90)
+
+    def stop(self, mode: str = "fast") -> None:
+        """`immediate`: every server process exits at once, no checkpoint (a crash, for the
+        clients; crash recovery runs on the next start)."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def is_running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
+    def execute(
+        self, sql: str, params: Any = None, *, database: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
+        return admin_execute(self.url(database), sql, params)
+
+    def terminate_backends(self, database: str, *, wait_s: float = 10.0) -> int:
+        """pg_terminate_backend every connection to `database`; wait until they are gone.
+        Returns how many were terminated."""
+        rows = self.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            left = self.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )[0][0]
+            if left == 0:
+                break
+            time.sleep(0.02)
+        return int(rows[0][0])
+
+    def backends(self, database: str) -> int:
+        rows = self.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        return int(rows[0][0])
+
+
+@dataclass(frozen=True)
+class FreshDB:
+    server: PgServer
+    name: str
+    role: str
+
+    def url(self, *, port: int | None = None) -> str:
+        return self.server.url(self.name, self.role, port=port)
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """As the superuser, in this database."""
+        return self.server.execute(sql, params, database=self.name)
+
+
+# PgBouncer -------------------------------------------------------------------------------
+
+
+@dataclass
+class PgBouncer:
+    port: int
+    base: Path
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        path = self.base / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited with status {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError("pgbouncer did not start listening")
+
+
+def start_pgbouncer_process(
+    upstream_port: int, users: list[str], *, pool_size: int = 10
+) -> PgBouncer:
+    """PgBouncer in transaction mode on a free loopback port, forwarding every database to
+    127.0.0.1:`upstream_port`. Trust auth for `users`. Runs as `postgres` when we are root
+    (PgBouncer refuses root). RuntimeError, with its log, if it does not come up."""
+    base = Path(tempfile.mkdtemp(prefix="neondb-pgbouncer-"))
+    port = free_port()
+    (base / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in users))
+    (base / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host=127.0.0.1 port={upstream_port}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {base / 'userlist.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 200\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+        f"logfile = {base / 'pgbouncer.log'}\n"
+        "log_connections = 0\n"
+        "log_disconnections = 0\n"
+    )
+    if AS_ROOT:
+        give_to(base, "postgres")
+    with (base / "stderr.log").open("wb") as stderr:
+        process = subprocess.Popen(
+            [PGBOUNCER, "--quiet", str(base / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            **({"user": "postgres"} if AS_ROOT else {}),
+        )
+    bouncer = PgBouncer(port, base, process)
+    try:
+        _wait_listening(port, process)
+    except RuntimeError as e:
+        bouncer.stop()
+        err = (base / "stderr.log").read_text(errors="replace")
+        raise RuntimeError(f"{e}\n{err}\n{bouncer.log()}") from None
+    return bouncer
