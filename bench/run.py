@@ -84,7 +84,7 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             try:
-                if (await client.get("/health/db")).status_code == 200:
+                if (await client.get("/openapi.json")).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -104,7 +104,8 @@ async def measure(target: Target, proxy: FaultProxy, seconds: float, levels: lis
     )
     try:
         await wait_ready(base, proc)
-        headers = {"Authorization": f"Bearer {target.env.get('BENCH_TOKEN', '')}"}
+        token = target.env.get("BENCH_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
             ids = []
             for i in range(3):  # warm the pool and statement caches

@@ -23,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from neondb import metrics
 from neondb.embedded import EmbeddedServer
 from neondb.engine import build_engine
-from neondb.errors import ConfigurationError, DatabaseUnavailableError, NeonDBError, classify
+from neondb.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    NeonDBError,
+    classify,
+    is_timeout,
+    is_transient,
+)
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, Driver
@@ -148,8 +155,10 @@ class Database:
                 return
             except Exception as e:
                 mapped = classify(e)
-                if not isinstance(mapped, DatabaseUnavailableError):
-                    raise
+                if not isinstance(mapped, DatabaseUnavailableError) or not (
+                    is_transient(e) or is_timeout(e)
+                ):
+                    raise  # a refused login or a bad certificate will not heal by waiting
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DatabaseUnavailableError(

@@ -22,7 +22,13 @@ from typing import Any
 from sqlalchemy import event, exc, pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from neondb.errors import DatabaseUnavailableError, is_transient
+from neondb.errors import (
+    DatabaseUnavailableError,
+    is_login_rejected,
+    is_timeout,
+    is_transient,
+    sqlstate_of,
+)
 from neondb.resilience import CircuitBreaker, retrying
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL
@@ -97,16 +103,22 @@ def _opener(
                 settings.db_retry_attempts,
                 settings.db_retry_backoff_s,
                 deadline_s=settings.db_connect_timeout_s * settings.db_retry_attempts,
+                timeouts=False,
             ):
                 with attempt:
                     conn = await breaker.call(open_one)
         except Exception as e:
-            if is_transient(e) or isinstance(e, TimeoutError):
+            if is_transient(e) or is_timeout(e) or is_login_rejected(e):
                 if isinstance(e, DatabaseUnavailableError):
                     raise
                 # The driver's message names host and port at most, never the password.
+                why = type(e).__name__
+                if is_login_rejected(e):
+                    # The server's words ('database "x" does not exist', 'password
+                    # authentication failed for user "u"') name no secret, and say what to fix.
+                    why = f"{sqlstate_of(e)} {str(e).strip().splitlines()[-1][:200]}"
                 raise DatabaseUnavailableError(
-                    f"cannot connect to {url.host or 'the database'}: {type(e).__name__}", orig=e
+                    f"cannot connect to {url.host or 'the database'}: {why}", orig=e
                 ) from e
             raise
         if on_connect:

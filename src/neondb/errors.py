@@ -39,6 +39,8 @@ __all__ = [
     "QueryTimeoutError",
     "WriteOutcomeUnknownError",
     "classify",
+    "is_login_rejected",
+    "is_timeout",
     "is_transient",
     "sqlstate_of",
 ]
@@ -62,6 +64,10 @@ TRANSIENT_MESSAGES = (
     "server closed the connection",
     "the database system is starting up",
     "the database system is shutting down",
+    # 57P03 during crash recovery; libpq reports connection failures without a SQLSTATE.
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "the database system is in recovery mode",
     "terminating connection",
     "connection refused",
     "connection reset",
@@ -178,10 +184,10 @@ def sqlstate_of(exc: BaseException) -> str | None:
 def is_transient(exc: BaseException) -> bool:
     """True for errors that mean 'the database is not reachable now': worth a retry when
     the operation is safe to repeat."""
-    if isinstance(exc, DatabaseUnavailableError) and not isinstance(
-        exc, WriteOutcomeUnknownError | CircuitOpenError
-    ):
-        return True
+    if isinstance(exc, DatabaseUnavailableError):
+        return not isinstance(
+            exc, WriteOutcomeUnknownError | CircuitOpenError
+        ) and not is_login_rejected(exc)
     code = sqlstate_of(exc)
     if code is not None:
         return code.startswith("08") or code in TRANSIENT_SQLSTATES
@@ -202,6 +208,20 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_login_rejected(exc: BaseException) -> bool:
+    """The server refused the login or the database (wrong password, no such role or
+    database, no pg_hba entry): permanent until someone fixes the configuration."""
+    code = sqlstate_of(exc)
+    return code is not None and (code.startswith("28") or code == "3D000")
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A connect or statement wait that ran out (asyncpg: TimeoutError; libpq: a message)."""
+    return any(
+        isinstance(e, TimeoutError) or "timeout expired" in str(e).lower() for e in _chain(exc)
+    )
+
+
 def classify(exc: BaseException, *, writing: bool = False) -> NeonDBError | None:
     """Map an exception to this layer's error, or None when it is the caller's own error.
 
@@ -214,6 +234,9 @@ def classify(exc: BaseException, *, writing: bool = False) -> NeonDBError | None
         return PoolExhaustedError("no database connection free within the pool timeout")
     if sqlstate_of(exc) == TIMEOUT_SQLSTATE or isinstance(exc, TimeoutError):
         return QueryTimeoutError("statement timed out", orig=exc)
+    if is_login_rejected(exc):
+        # The client can do nothing about it: a 503, not a 500; the log names the cause.
+        return DatabaseUnavailableError(f"database refused the login: {sqlstate_of(exc)}", orig=exc)
     if is_transient(exc):
         if writing:
             return WriteOutcomeUnknownError("connection lost during a write", orig=exc)

@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from neondb.errors import CircuitOpenError, NeonDBError, is_transient
+from neondb.errors import CircuitOpenError, NeonDBError, is_timeout, is_transient
 
 __all__ = ["CircuitBreaker", "retrying"]
 
@@ -33,20 +33,34 @@ T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
 
 
-def retrying(attempts: int, backoff_s: float, *, deadline_s: float | None = None) -> AsyncRetrying:
+def retrying(
+    attempts: int,
+    backoff_s: float,
+    *,
+    deadline_s: float | None = None,
+    timeouts: bool = True,
+) -> AsyncRetrying:
     """A tenacity policy for transient database errors: `attempts` tries in all, backoff
     `backoff_s * 2**n` with full jitter, capped at 5 s per wait.
 
     A `NeonDBError` is never retried: it is final (an open circuit) or has already had its
     retries (a connection that could not be opened), and retrying it again would multiply
-    the wait (attempts x attempts connect timeouts for a read)."""
+    the wait (attempts x attempts connect timeouts for a read). `timeouts=False`: a wait
+    that ran out is final (a server that accepts and never answers is not retried into
+    several connect timeouts per request; the breaker counts it instead)."""
     stop: Any = stop_after_attempt(attempts)
     if deadline_s is not None:
         stop = stop | stop_after_delay(deadline_s)
     return AsyncRetrying(
         stop=stop,
         wait=wait_random_exponential(multiplier=backoff_s, max=5.0) if backoff_s else None,  # type: ignore[arg-type]
-        retry=retry_if_exception(lambda e: is_transient(e) and not isinstance(e, NeonDBError)),
+        retry=retry_if_exception(
+            lambda e: (
+                is_transient(e)
+                and not isinstance(e, NeonDBError)
+                and (timeouts or not is_timeout(e))
+            )
+        ),
         reraise=True,
     )
 

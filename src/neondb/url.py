@@ -206,6 +206,7 @@ class DatabaseURL:
     # psycopg (libpq) ---------------------------------------------------------------------
 
     def _conninfo(self, connect_timeout_s: float) -> str:
+        import psycopg
         from psycopg.conninfo import make_conninfo
 
         url = self.url
@@ -231,7 +232,12 @@ class DatabaseURL:
             params["password"] = url.password
         if url.database:
             params["dbname"] = url.database
-        return make_conninfo("", **params)
+        try:
+            return make_conninfo("", **params)
+        except psycopg.ProgrammingError as e:  # an option libpq does not know
+            raise ConfigurationError(
+                f"the database URL has a parameter libpq rejects: {e}"
+            ) from None
 
 
 def _int(value: str | None, name: str) -> int | None:

