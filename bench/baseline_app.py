@@ -5,7 +5,6 @@ Plain SQLAlchemy: `pool_pre_ping=True`, a session dependency that commits on exi
 Authentication is left out (it costs no round trip in either app).
 """
 
-
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager

@@ -6,7 +6,8 @@ round-trip time (default 4 ms, a same-region Neon hop) and counts round trips. R
 bench/results/latest.md (table, commit, machine) and bench/results/latest.png.
 
 Environment: BENCH_RTT_MS, BENCH_SECONDS (per load level, default 5), BENCH_LEVELS
-(concurrency levels, default "1,16,64"), DB_DRIVER (todo_api's driver).
+(concurrency levels, default "1,16,64"), BENCH_TARGETS ("todo_api", "guide"), DB_DRIVER and
+DB_POOL_MAX (todo_api's driver and pool).
 """
 
 from __future__ import annotations
@@ -97,8 +98,18 @@ async def measure(target: Target, proxy: FaultProxy, seconds: float, levels: lis
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **target.env}
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", "--factory", target.factory, "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            target.factory,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         env=env,
         cwd=ROOT,
     )
@@ -123,23 +134,29 @@ async def measure(target: Target, proxy: FaultProxy, seconds: float, levels: lis
             for i in range(n):
                 await client.get(f"/api/tasks/{ids[i]}")
             target.reads_rt = proxy.round_trips / n
-        limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
-        async with httpx.AsyncClient(
-            base_url=base, headers=headers, timeout=30, limits=limits
-        ) as client:
-            for c in levels:
-                target.levels.append(await load(client, ids, c, seconds))
+        for c in levels:
+            target.levels.append(await load(base, headers, ids, c, seconds))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-async def load(client: httpx.AsyncClient, ids: list[int], concurrency: int, seconds: float) -> Level:
+async def load(
+    base: str, headers: dict[str, str], ids: list[int], concurrency: int, seconds: float
+) -> Level:
+    """`concurrency` clients, each with its own keep-alive connection, for `seconds`.
+
+    One httpx client per worker: a single shared client's pool rescans every connection
+    for every request (quadratic), and at 64 clients that, not the server, set the pace."""
     level = Level(concurrency)
-    deadline = time.monotonic() + seconds
     rng = random.Random(concurrency)  # noqa: S311 (workload mix, not security)
+    clients = [
+        httpx.AsyncClient(base_url=base, headers=headers, timeout=30) for _ in range(concurrency)
+    ]
+    deadline = time.monotonic() + seconds
 
     async def worker(w: int) -> None:
+        client = clients[w]
         i = 0
         while time.monotonic() < deadline:
             i += 1
@@ -157,7 +174,11 @@ async def load(client: httpx.AsyncClient, ids: list[int], concurrency: int, seco
             level.errors += 0 if ok else 1
 
     started = time.monotonic()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    finally:
+        for client in clients:
+            await client.aclose()
     level.seconds = time.monotonic() - started
     return level
 
@@ -166,11 +187,17 @@ def commit() -> str:
     try:
         out = subprocess.run(  # noqa: S603
             ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         dirty = subprocess.run(  # noqa: S603
             ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -212,8 +239,9 @@ def plot(targets: list[Target], path: Path) -> None:
     for t in targets:
         xs = [lv.concurrency for lv in t.levels]
         ax.plot(xs, [lv.pct(50) for lv in t.levels], marker="o", label=f"{t.name} p50")
-        ax.plot(xs, [lv.pct(99) for lv in t.levels], marker="x", linestyle="--",
-                label=f"{t.name} p99")
+        ax.plot(
+            xs, [lv.pct(99) for lv in t.levels], marker="x", linestyle="--", label=f"{t.name} p99"
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrent clients")
@@ -242,15 +270,27 @@ async def main() -> None:
                 Target(
                     "todo_api (neondb)",
                     "todo_api.app:create_app",
-                    {"DATABASE_URL": url, "AUTH_SECRET": SECRET, "BENCH_TOKEN": token,
-                     "DB_POOL_MIN": "5", "DB_POOL_MAX": "20"},
+                    {
+                        "DATABASE_URL": url,
+                        "AUTH_SECRET": SECRET,
+                        "BENCH_TOKEN": token,
+                        "DB_POOL_MIN": "5",
+                        "DB_POOL_MAX": os.environ.get("DB_POOL_MAX", "20"),
+                    },
                 ),
                 Target(
                     "guide pattern",
                     "bench.baseline_app:create_app",
-                    {"BASELINE_DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://")},
+                    {
+                        "BASELINE_DATABASE_URL": url.replace(
+                            "postgresql://", "postgresql+asyncpg://"
+                        )
+                    },
                 ),
             ]
+            only = os.environ.get("BENCH_TARGETS")
+            if only:  # e.g. "todo_api" or "guide": a substring of the target's name
+                targets = [t for t in targets if any(o in t.name for o in only.split(","))]
             for t in targets:
                 print(f"measuring {t.name} ...", flush=True)
                 await measure(t, proxy, seconds, levels)
