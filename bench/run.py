@@ -32,7 +32,7 @@ from neondb.testing import admin_execute
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SECRET = "bench-secret-not-for-production-0123456789"  # noqa: S105 (local benchmark only)
+SECRET = "bench-secret-not-for-production-0123456789"
 BENCH_DB = "neondb_bench"
 
 
@@ -97,7 +97,7 @@ async def measure(target: Target, proxy: FaultProxy, seconds: float, levels: lis
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **target.env}
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
         [
             sys.executable,
             "-m",
@@ -149,7 +149,7 @@ async def load(
     One httpx client per worker: a single shared client's pool rescans every connection
     for every request (quadratic), and at 64 clients that, not the server, set the pace."""
     level = Level(concurrency)
-    rng = random.Random(concurrency)  # noqa: S311 (workload mix, not security)
+    rng = random.Random(concurrency)
     clients = [
         httpx.AsyncClient(base_url=base, headers=headers, timeout=30) for _ in range(concurrency)
     ]
@@ -185,15 +185,15 @@ async def load(
 
 def commit() -> str:
     try:
-        out = subprocess.run(  # noqa: S603
-            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
             cwd=ROOT,
             capture_output=True,
             text=True,
             check=True,
         )
-        dirty = subprocess.run(  # noqa: S603
-            ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -222,7 +222,8 @@ def report(targets: list[Target], rtt_ms: float, seconds: float) -> str:
         for lv in t.levels:
             rps = lv.requests / lv.seconds if lv.seconds else 0
             lines.append(
-                f"| {t.name} | {t.reads_rt:.1f} | {t.creates_rt:.1f} | {lv.concurrency} | {rps:.0f} "
+                f"| {t.name} | {t.reads_rt:.1f} | {t.creates_rt:.1f} | {lv.concurrency} "
+                f"| {rps:.0f} "
                 f"| {lv.pct(50):.1f} | {lv.pct(95):.1f} | {lv.pct(99):.1f} | {lv.errors} |"
             )
     lines += ["", "Reproduce: `make bench` (BENCH_RTT_MS, BENCH_SECONDS, BENCH_LEVELS)."]
