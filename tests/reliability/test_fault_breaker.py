@@ -94,7 +94,7 @@ async def test_breaker_opens_fails_fast_probes_once_and_closes(
             assert o.elapsed_s < FAST_S, o
         probed = await probe
         assert_unavailable(probed)
-        assert probed.elapsed_s < 2 * CONNECT_TIMEOUT_S + 1, probed  # bounded by the timeout
+        assert probed.elapsed_s < CONNECT_TIMEOUT_S + 1, probed  # one connect timeout
         assert proxy.accepted == before + 1  # exactly one probe
         assert db.breaker.state == "open"
 
