@@ -39,6 +39,7 @@ __all__ = [
     "QueryTimeoutError",
     "WriteOutcomeUnknownError",
     "classify",
+    "exception_chain",
     "is_login_rejected",
     "is_timeout",
     "is_transient",
@@ -160,7 +161,8 @@ class QueryTimeoutError(_OperationalMixin):
         return "database statement timed out"
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception behind it (SQLAlchemy's `orig`, causes, contexts), once."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -174,7 +176,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def sqlstate_of(exc: BaseException) -> str | None:
     """The SQLSTATE anywhere in the chain (asyncpg: `sqlstate`, psycopg: `sqlstate`)."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
         if isinstance(code, str) and len(code) == 5:
             return code
@@ -191,10 +193,10 @@ def is_transient(exc: BaseException) -> bool:
     code = sqlstate_of(exc)
     if code is not None:
         return code.startswith("08") or code in TRANSIENT_SQLSTATES
-    if any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)):
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in exception_chain(exc)):
         # An OSError, but a wrong certificate (or a man in the middle) stays wrong on retry.
         return False
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
             return True
         if isinstance(e, ConnectionError | asyncio.IncompleteReadError):
@@ -218,7 +220,8 @@ def is_login_rejected(exc: BaseException) -> bool:
 def is_timeout(exc: BaseException) -> bool:
     """A connect or statement wait that ran out (asyncpg: TimeoutError; libpq: a message)."""
     return any(
-        isinstance(e, TimeoutError) or "timeout expired" in str(e).lower() for e in _chain(exc)
+        isinstance(e, TimeoutError) or "timeout expired" in str(e).lower()
+        for e in exception_chain(exc)
     )
 
 

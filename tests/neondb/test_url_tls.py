@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy.exc as sa_exc
@@ -20,6 +19,7 @@ from neondb_support import TLS_DATABASE, TLS_PASSWORD, TLS_USER, TLSServer, make
 from sqlalchemy import text
 
 from neondb import Database
+from neondb.errors import exception_chain
 
 SSL_ROW = text(
     "SELECT s.ssl, current_user, current_database() FROM pg_stat_ssl s "
@@ -27,20 +27,8 @@ SSL_ROW = text(
 )
 
 
-def chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo.extend([e.__cause__, e.__context__, getattr(e, "orig", None)])
-
-
 def chain_text(exc: BaseException) -> str:
-    return "\n".join(f"{e!s} {e!r}" for e in chain(exc))
+    return "\n".join(f"{e!s} {e!r}" for e in exception_chain(exc))
 
 
 async def connect_and_describe(db: Database) -> tuple[bool, str, str]:
