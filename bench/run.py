@@ -237,11 +237,16 @@ def plot(targets: list[Target], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for t in targets:
+    for t, color in zip(targets, ("tab:blue", "tab:red", "tab:green"), strict=False):
         xs = [lv.concurrency for lv in t.levels]
-        ax.plot(xs, [lv.pct(50) for lv in t.levels], marker="o", label=f"{t.name} p50")
+        ax.plot(xs, [lv.pct(50) for lv in t.levels], marker="o", color=color, label=f"{t.name} p50")
         ax.plot(
-            xs, [lv.pct(99) for lv in t.levels], marker="x", linestyle="--", label=f"{t.name} p99"
+            xs,
+            [lv.pct(99) for lv in t.levels],
+            marker="x",
+            linestyle="--",
+            color=color,
+            label=f"{t.name} p99",
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
