@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench clean
 
+# PIP_CONSTRAINT also pins the build backend, which pip installs in an isolated env.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet \
+		--disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -81,17 +81,18 @@ def doctor() -> None:
 
 @app.command("role-timeout")
 def role_timeout() -> None:
-    """Set this role's default statement_timeout to DB_STATEMENT_TIMEOUT_S (for pooled
-    endpoints, where per-session SETs do not stick)."""
+    """Set this role's default statement_timeout in this database to DB_STATEMENT_TIMEOUT_S
+    (for pooled endpoints, where per-session SETs do not stick; start-up does it too)."""
     settings = _settings()
 
     async def run() -> None:
-        async with Database(settings.model_copy(update={"db_pool_min": 1})) as db:
-            ms = round(settings.db_statement_timeout_s * 1000)
-            async with db.autocommit() as s:
-                conn = await s.connection()
-                await conn.exec_driver_sql(f"ALTER ROLE CURRENT_USER SET statement_timeout = {ms}")
-            console.print(f"statement_timeout default for this role: {ms} ms")
+        async with (
+            Database(settings.model_copy(update={"db_pool_min": 1})) as db,
+            db.engine.connect() as conn,
+        ):
+            await db.ensure_role_timeout(conn)
+        ms = round(settings.db_statement_timeout_s * 1000)
+        console.print(f"statement_timeout default for this role in this database: {ms} ms")
 
     asyncio.run(run())
 

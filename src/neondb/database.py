@@ -18,15 +18,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from neondb import metrics
 from neondb.embedded import EmbeddedServer
-from neondb.engine import build_engine
+from neondb.engine import build_engine, build_sync_engine
 from neondb.errors import (
-    ConfigurationError,
     DatabaseUnavailableError,
-    NeonDBError,
     classify,
     is_timeout,
     is_transient,
@@ -56,6 +55,7 @@ class Database:
         self.read_url: DatabaseURL | None = None
         self._engine: AsyncEngine | None = None
         self._read_engine: AsyncEngine | None = None
+        self._sync_engine: Engine | None = None
         self._makers: dict[SessionKind, async_sessionmaker[NeonSession]] = {}
         self.connections_opened = 0
 
@@ -67,9 +67,13 @@ class Database:
 
     @property
     def driver(self) -> Driver:
+        """DB_DRIVER, else the URL's (`+asyncpg`/`+psycopg`), else psycopg behind a
+        transaction pooler (asyncpg cannot cache statements there and pays two round trips
+        for each: prepare, then execute; psycopg sends both in one), else asyncpg."""
         if self.settings.db_driver:
             return self.settings.db_driver
-        return (self.url.driver_hint if self.url else None) or "asyncpg"
+        hint = self.url.driver_hint if self.url else None
+        return hint or ("psycopg" if self.behind_pooler() else "asyncpg")
 
     def behind_pooler(self, url: DatabaseURL | None = None) -> bool:
         mode = self.settings.db_pooler
@@ -93,7 +97,8 @@ class Database:
     def _resolve_url(self) -> DatabaseURL:
         raw = self.settings.database_url
         if raw is None:
-            self.embedded = EmbeddedServer(self.settings.db_data_dir)
+            if self.embedded is None:  # sync_engine() may have started it already
+                self.embedded = EmbeddedServer(self.settings.db_data_dir)
             return parse_url(self.embedded.start())
         return parse_url(raw.get_secret_value())
 
@@ -117,12 +122,18 @@ class Database:
         from zero. Opens DB_POOL_MIN connections so the first requests find them warm."""
         if self._engine is not None:
             return
-        self.url = self._resolve_url()
-        if self.settings.db_statement_timeout_s and self.driver not in ("asyncpg", "psycopg"):
-            raise ConfigurationError(f"DB_DRIVER={self.driver!r}: use asyncpg or psycopg")
-        self._engine = self._build(self.url)
+        try:
+            await self._start(wait_s)
+        except BaseException:
+            await self.stop()  # never half-started: no engine, no embedded server left
+            raise
+
+    async def _start(self, wait_s: float | None) -> None:
         if self.settings.database_read_url is not None:
             self.read_url = parse_url(self.settings.database_read_url.get_secret_value())
+        self.url = self._resolve_url()
+        self._engine = self._build(self.url)
+        if self.read_url is not None:
             self._read_engine = self._build(self.read_url)
         self._makers = {
             "transaction": self._maker(self.engine, "transaction"),
@@ -139,11 +150,7 @@ class Database:
             ", serverless (no pool)" if self.settings.db_serverless else "",
         )
         wait = self.settings.db_startup_timeout_s if wait_s is None else wait_s
-        try:
-            await self._wait_until_ready(wait)
-        except BaseException:
-            await self.stop()
-            raise
+        await self._wait_until_ready(wait)
 
     async def _wait_until_ready(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
@@ -170,11 +177,13 @@ class Database:
 
     async def _warm(self) -> None:
         warm = 1 if self.settings.db_serverless else max(1, self.settings.db_pool_min)
-        conns = [await self.engine.connect() for _ in range(warm)]
+        conns = []
         try:
+            for _ in range(warm):  # one by one, so a failure part-way closes those opened
+                conns.append(await self.engine.connect())
             await conns[0].exec_driver_sql("SELECT 1")
             if self.behind_pooler():
-                await self._check_role_timeout(conns[0])
+                await self.ensure_role_timeout(conns[0])
         finally:
             for c in conns:
                 await c.close()
@@ -182,11 +191,12 @@ class Database:
             async with self._read_engine.connect() as c:
                 await c.exec_driver_sql("SELECT 1")
 
-    async def _check_role_timeout(self, conn: Any) -> None:
+    async def ensure_role_timeout(self, conn: Any) -> None:
         """Behind a transaction pooler, session settings do not stick, so single statements
-        rely on the role's default statement_timeout. Set it when it differs (an ordinary
-        role may set its own defaults); this and the same server connection get it at once,
-        others as the pooler opens new ones."""
+        rely on the role's default statement_timeout in this database. Set it when it
+        differs (an ordinary role may set its own defaults; `IN DATABASE` keeps it to this
+        database); the server connection used here gets it at once, the pooler's others as
+        it opens new ones."""
         want = round(self.settings.db_statement_timeout_s * 1000)
         if not want:
             return
@@ -200,7 +210,14 @@ class Database:
         try:
             # One statement per call (asyncpg prepares each, and cannot prepare a list),
             # committed together in the transaction `conn` is already in.
-            await conn.exec_driver_sql(f"ALTER ROLE CURRENT_USER SET statement_timeout = {want}")
+            db_name = (
+                await conn.exec_driver_sql("SELECT quote_ident(current_database())")
+            ).scalar()
+            await conn.exec_driver_sql(
+                f"ALTER ROLE CURRENT_USER IN DATABASE {db_name} SET statement_timeout = {want}"
+            )
+            # The same value as the new default, on the one server connection that would
+            # otherwise keep the old one until the pooler replaces it.
             await conn.exec_driver_sql(f"SET statement_timeout = {want}")
             await conn.commit()
             log.info("behind a pooler: set this role's statement_timeout default to %d ms", want)
@@ -212,12 +229,26 @@ class Database:
                 type(e).__name__,
             )
 
+    def sync_engine(self) -> Engine:
+        """A synchronous engine (psycopg 3) on the same database and settings, for scripts
+        and sync code. Made on first use (starting the embedded server if need be);
+        `stop()` disposes of it."""
+        if self._sync_engine is None:
+            if self.url is None:
+                self.url = self._resolve_url()
+            self._sync_engine = build_sync_engine(
+                self.url, self.settings, pooler=self.behind_pooler()
+            )
+        return self._sync_engine
+
     async def stop(self) -> None:
         """Close every pooled connection; release the embedded server."""
         for engine in (self._read_engine, self._engine):
             if engine is not None:
                 await engine.dispose()
-        self._engine = self._read_engine = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        self._engine = self._read_engine = self._sync_engine = None
         self._makers = {}
         if self.embedded is not None:
             self.embedded.stop()
@@ -269,10 +300,19 @@ class Database:
                     # Objects given to `add()` would otherwise be dropped unsaved; each
                     # flushed statement commits. Nothing pending: no round trip.
                     await session.flush()
-            except BaseException as e:
+            except Exception as e:
                 await _quiet_rollback(session)
-                if isinstance(e, NeonDBError):
-                    metrics.ERRORS.labels(self.name, type(e).__name__).inc()
+                # Errors from session methods that NeonSession does not wrap (get, flush,
+                # refresh, ...) get the same mapping: a 503, not a 500. Before COMMIT a
+                # transaction's outcome is known (rolled back); an autocommit write's is not.
+                mapped = classify(e, writing=kind == "autocommit")
+                if mapped is not None:
+                    metrics.ERRORS.labels(self.name, type(mapped).__name__).inc()
+                    if mapped is not e:
+                        raise mapped from e
+                raise
+            except BaseException:
+                await _quiet_rollback(session)
                 raise
 
     def session(self) -> Any:

@@ -19,12 +19,13 @@ import select
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import event, exc, pool
+from sqlalchemy import Engine, create_engine, event, exc, pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from neondb.errors import (
     DatabaseUnavailableError,
-    is_login_rejected,
+    NeonDBError,
     is_timeout,
     is_transient,
     sqlstate_of,
@@ -33,7 +34,7 @@ from neondb.resilience import CircuitBreaker, retrying
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL
 
-__all__ = ["build_engine", "connection_is_dead"]
+__all__ = ["build_engine", "build_sync_engine", "connection_is_dead"]
 
 log = logging.getLogger("neondb")
 
@@ -107,20 +108,24 @@ def _opener(
             ):
                 with attempt:
                     conn = await breaker.call(open_one)
+        except (NeonDBError, TypeError, AttributeError, NameError):
+            raise  # already ours (an open circuit), or a bug that must not look like an outage
         except Exception as e:
-            if is_transient(e) or is_timeout(e) or is_login_rejected(e):
-                if isinstance(e, DatabaseUnavailableError):
-                    raise
-                # The driver's message names host and port at most, never the password.
-                why = type(e).__name__
-                if is_login_rejected(e):
-                    # The server's words ('database "x" does not exist', 'password
-                    # authentication failed for user "u"') name no secret, and say what to fix.
-                    why = f"{sqlstate_of(e)} {str(e).strip().splitlines()[-1][:200]}"
-                raise DatabaseUnavailableError(
-                    f"cannot connect to {url.host or 'the database'}: {why}", orig=e
-                ) from e
-            raise
+            # Whatever stopped a connection from opening, no statement was sent and the
+            # caller did nothing wrong: a 503, never a 500. Only a database that is not
+            # there now (down, waking, overloaded, a timeout) is worth retrying.
+            transient = is_transient(e) or is_timeout(e)
+            # The driver's, server's or TLS layer's last words say what happened and what
+            # to fix ("too many clients", "password authentication failed for user ...").
+            last = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+            why = " ".join(w for w in (type(e).__name__, sqlstate_of(e), last) if w)
+            if url.url.password:
+                why = why.replace(url.url.password, "***")
+            err = DatabaseUnavailableError(
+                f"cannot connect to {url.host or 'the database'}: {why}", orig=e
+            )
+            err.transient = transient
+            raise err from e
         if on_connect:
             on_connect()
         return conn
@@ -156,6 +161,41 @@ def connection_is_dead(dbapi_connection: Any) -> bool:
     return False
 
 
+def _engine_options(settings: DatabaseSettings, creator: Callable[[], Any]) -> dict[str, Any]:
+    """Pool and logging options shared by the async and the sync engine."""
+    options: dict[str, Any] = {
+        "creator": creator,
+        "echo": settings.db_echo,
+        "pool_pre_ping": False,
+        "hide_parameters": True,
+    }
+    if settings.db_serverless:
+        options["poolclass"] = pool.NullPool
+    else:
+        options.update(
+            pool_size=settings.db_pool_max,
+            max_overflow=0,
+            pool_timeout=settings.db_pool_timeout_s,
+            pool_recycle=settings.db_pool_recycle_s,
+            pool_use_lifo=True,
+        )
+    return options
+
+
+def _set_local_timeout(engine: Engine, timeout_s: float) -> None:
+    """Behind a transaction pooler: SET LOCAL statement_timeout at the start of each
+    explicit transaction (autocommit statements rely on the role default)."""
+    if not timeout_s:
+        return
+    sql = _timeout_sql(timeout_s, local=True)
+
+    @event.listens_for(engine, "begin")
+    def _local_timeout(conn: Any) -> None:
+        # Reads the option, not the server: get_isolation_level() would cost a round trip.
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql(sql)
+
+
 def build_engine(
     url: DatabaseURL,
     driver: Driver,
@@ -176,22 +216,7 @@ def build_engine(
         # SQLAlchemy's documented way to pass adapter arguments along with an async creator.
         return engine_ref[0].sync_engine.dialect.dbapi.connect(**adapter_kw)  # type: ignore[union-attr]
 
-    options: dict[str, Any] = {
-        "creator": creator,
-        "echo": settings.db_echo,
-        "pool_pre_ping": False,
-        "hide_parameters": True,
-    }
-    if settings.db_serverless:
-        options["poolclass"] = pool.NullPool
-    else:
-        options.update(
-            pool_size=settings.db_pool_max,
-            max_overflow=0,
-            pool_timeout=settings.db_pool_timeout_s,
-            pool_recycle=settings.db_pool_recycle_s,
-            pool_use_lifo=True,
-        )
+    options = _engine_options(settings, creator)
     engine = create_async_engine(_DIALECTS[driver], **options)
     engine_ref.append(engine)
 
@@ -202,13 +227,40 @@ def build_engine(
             # The pool discards it and opens a fresh one before any statement is sent.
             raise exc.DisconnectionError("pooled connection was closed by the server")
 
-    if pooler and settings.db_statement_timeout_s:
-        sql = _timeout_sql(settings.db_statement_timeout_s, local=True)
+    if pooler:
+        _set_local_timeout(engine.sync_engine, settings.db_statement_timeout_s)
+    return engine
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _local_timeout(conn: Any) -> None:
-            # Reads the option, not the server: get_isolation_level() would cost a round trip.
-            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-                conn.exec_driver_sql(sql)
 
+def build_sync_engine(url: DatabaseURL, settings: DatabaseSettings, *, pooler: bool) -> Engine:
+    """A synchronous psycopg 3 engine for scripts and sync code, with the same URL
+    translation, pool sizing, statement_timeout and pooler settings as the async one.
+    Connects are retried like the async ones (tenacity); there is no circuit breaker."""
+    import psycopg
+
+    conninfo = url.spec("psycopg", connect_timeout_s=settings.db_connect_timeout_s).kwargs[
+        "conninfo"
+    ]
+    timeout_s = settings.db_statement_timeout_s
+
+    def creator() -> Any:
+        for attempt in Retrying(
+            stop=stop_after_attempt(settings.db_retry_attempts),
+            wait=wait_random_exponential(multiplier=settings.db_retry_backoff_s, max=5.0),
+            retry=retry_if_exception(lambda e: is_transient(e) and not is_timeout(e)),
+            reraise=True,
+        ):
+            with attempt:
+                conn = psycopg.connect(
+                    conninfo, prepare_threshold=None if pooler else 5, autocommit=True
+                )
+        if timeout_s and not pooler:
+            conn.execute(_timeout_sql(timeout_s))
+        conn.autocommit = False
+        return conn
+
+    options = _engine_options(settings, creator)
+    engine = create_engine("postgresql+psycopg://", **options)
+    if pooler:
+        _set_local_timeout(engine, timeout_s)
     return engine

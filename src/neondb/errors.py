@@ -57,6 +57,16 @@ TRANSIENT_SQLSTATES = frozenset(
         "XX000",  # Neon's proxy: "Couldn't connect to compute node" arrives as internal_error
     }
 )
+# libpq reports a failed connection attempt without a SQLSTATE: only its words say why.
+LOGIN_REJECTED_MESSAGES = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "is not permitted to log in",
+    "does not exist",  # role "x" / database "x" does not exist
+    "authentication failed",
+    "scram exchange",
+    "channel binding",
+)
 TIMEOUT_SQLSTATE = "57014"  # query_canceled: statement_timeout fired
 TRANSIENT_MESSAGES = (
     "couldn't connect to compute node",
@@ -75,6 +85,13 @@ TRANSIENT_MESSAGES = (
     "broken pipe",
     "consuming input failed",
     "connection timeout expired",
+    "too many connections",
+    "too many clients",
+    "remaining connection slots are reserved",
+    "failed to resolve host",
+    "could not translate host name",
+    "no route to host",
+    "network is unreachable",
     # asyncpg, when the server's goodbye (FATAL 57P01, say) reached an idle connection just
     # before the next statement: its protocol is still consuming the error, the socket not
     # yet seen closed (InternalClientError "cannot switch to state N; another operation...").
@@ -119,9 +136,11 @@ class _OperationalMixin(NeonDBError, sa_exc.OperationalError):
 
 
 class DatabaseUnavailableError(_OperationalMixin):
-    """The database cannot be reached now (down, waking, network)."""
+    """The database cannot be reached now (down, waking, network), or refuses this app
+    (`transient` False: a refused login or certificate, which waiting will not heal)."""
 
     retry_after_s = 2.0
+    transient: bool = True
 
 
 class CircuitOpenError(DatabaseUnavailableError):
@@ -187,9 +206,7 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors that mean 'the database is not reachable now': worth a retry when
     the operation is safe to repeat."""
     if isinstance(exc, DatabaseUnavailableError):
-        return not isinstance(
-            exc, WriteOutcomeUnknownError | CircuitOpenError
-        ) and not is_login_rejected(exc)
+        return exc.transient and not isinstance(exc, WriteOutcomeUnknownError | CircuitOpenError)
     code = sqlstate_of(exc)
     if code is not None:
         return code.startswith("08") or code in TRANSIENT_SQLSTATES
@@ -214,7 +231,12 @@ def is_login_rejected(exc: BaseException) -> bool:
     """The server refused the login or the database (wrong password, no such role or
     database, no pg_hba entry): permanent until someone fixes the configuration."""
     code = sqlstate_of(exc)
-    return code is not None and (code.startswith("28") or code == "3D000")
+    if code is not None:
+        return code.startswith("28") or code == "3D000"
+    return any(
+        "fatal" in (text := str(e).lower()) and any(m in text for m in LOGIN_REJECTED_MESSAGES)
+        for e in exception_chain(exc)
+    )
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -235,15 +257,23 @@ def classify(exc: BaseException, *, writing: bool = False) -> NeonDBError | None
         return exc
     if isinstance(exc, sa_exc.TimeoutError):
         return PoolExhaustedError("no database connection free within the pool timeout")
-    if sqlstate_of(exc) == TIMEOUT_SQLSTATE or isinstance(exc, TimeoutError):
+    if sqlstate_of(exc) == TIMEOUT_SQLSTATE:
+        # The server cancelled the statement: it did not happen, whatever it was.
         return QueryTimeoutError("statement timed out", orig=exc)
-    if is_login_rejected(exc):
-        # The client can do nothing about it: a 503, not a 500; the log names the cause.
-        return DatabaseUnavailableError(f"database refused the login: {sqlstate_of(exc)}", orig=exc)
+    if isinstance(exc, TimeoutError):
+        # The client gave up waiting: a write may still have committed on the server.
+        if writing:
+            return WriteOutcomeUnknownError("no answer to a write within the backstop", orig=exc)
+        return QueryTimeoutError("statement timed out (client backstop)", orig=exc)
     if is_transient(exc):
         if writing:
             return WriteOutcomeUnknownError("connection lost during a write", orig=exc)
         return DatabaseUnavailableError("database unavailable", orig=exc)
+    if is_login_rejected(exc):
+        # The client can do nothing about it: a 503, not a 500; the log names the cause.
+        err = DatabaseUnavailableError(f"database refused the login: {sqlstate_of(exc)}", orig=exc)
+        err.transient = False
+        return err
     return None
 
 

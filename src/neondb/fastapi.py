@@ -14,6 +14,7 @@ response is sent (`scope="function"`), so a write is acknowledged only once comm
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -21,9 +22,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from neondb.database import Database
-from neondb.errors import NeonDBError, retry_after_header
+from neondb.errors import NeonDBError, classify, retry_after_header
 from neondb.health import database_health
 from neondb.migrations import Migrations
 from neondb.session import NeonSession
@@ -85,6 +87,15 @@ async def _handle_neondb_error(request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
+async def _handle_sqlalchemy_error(request: Request, exc: Exception) -> Response:
+    """A database error raised outside neondb's sessions (an app's own engine use, say):
+    mapped the same way when it is an outage or a timeout; otherwise a bug, so a 500."""
+    mapped = classify(exc)
+    if mapped is None:
+        raise exc
+    return await _handle_neondb_error(request, mapped)
+
+
 class NeonDB:
     """Wires a `Database` into a FastAPI app."""
 
@@ -122,6 +133,7 @@ class NeonDB:
         """Add the error handlers and the routes `/health`, `/health/db`, `/metrics`, and
         `/admin/db/pool-stats` when an `admin` dependency is given."""
         app.add_exception_handler(NeonDBError, _handle_neondb_error)
+        app.add_exception_handler(SQLAlchemyError, _handle_sqlalchemy_error)
         app.include_router(health_router(admin=admin, metrics=metrics, tags=list(tags)))
 
 
@@ -146,7 +158,8 @@ def health_router(
         """Readiness: a real `SELECT 1`, with latency, pool figures and breaker state."""
         body = await database_health(get_database(request))
         status = 200 if body["status"] == "healthy" else 503
-        headers = {} if status == 200 else {"Retry-After": "2"}
+        wait = max(2.0, body["breaker"]["retry_after_s"])  # the cool-down, when open
+        headers = {} if status == 200 else {"Retry-After": str(math.ceil(wait))}
         return JSONResponse(body, status_code=status, headers=headers)
 
     if admin is not None:

@@ -25,10 +25,10 @@ async def database_health(db: Database, *, timeout_s: float | None = None) -> di
     except TimeoutError:
         body.update(status="unhealthy", database="timeout")
     except Exception as e:
+        # Whatever the failure, the answer is "unhealthy", never a 500: that is the check.
         mapped = classify(e)
-        if mapped is None:
-            raise
-        body.update(status="unhealthy", database="unreachable")
+        reason = "unreachable" if mapped is None or mapped.status_code == 503 else "error"
+        body.update(status="unhealthy", database=reason)
     body["breaker"] = {
         "state": db.breaker.state,
         "consecutive_failures": db.breaker.consecutive_failures,

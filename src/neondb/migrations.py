@@ -51,6 +51,9 @@ class Migrations:
         def run(conn: Connection) -> None:
             # A transaction-scoped lock, so it also works behind a transaction pooler.
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+            # A migration may legitimately run longer than a request (an index build): the
+            # app's statement_timeout is for requests.
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             command.upgrade(self.config(conn), revision)
 
         async with db.engine.begin() as conn:

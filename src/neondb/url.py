@@ -34,7 +34,7 @@ log = logging.getLogger("neondb")
 Driver = Literal["asyncpg", "psycopg"]
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # libpq parameters asyncpg has no use for; dropping them changes no behaviour.
-_ASYNCPG_IGNORED = frozenset({"channel_binding", "gssencmode", "target_session_attrs", "pgbouncer"})
+_ASYNCPG_IGNORED = frozenset({"channel_binding", "gssencmode", "pgbouncer"})
 _SCHEMES = {
     "postgres": None,
     "postgresql": None,
@@ -72,8 +72,12 @@ class DatabaseURL:
 
     @property
     def display(self) -> str:
-        """The URL with the password masked: safe for logs."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with the password masked (also a `password=` query parameter, which
+        libpq accepts): safe for logs."""
+        url = self.url
+        if "password" in url.query:
+            url = url.update_query_dict({"password": "***"})
+        return url.render_as_string(hide_password=True)
 
     @property
     def host(self) -> str:
@@ -89,12 +93,13 @@ class DatabaseURL:
 
     @property
     def is_neon(self) -> bool:
-        return self.host.endswith(".neon.tech") or ".neon.tech:" in self.host
+        host = self.host.lower()  # DNS names are case-insensitive
+        return host.endswith(".neon.tech") or ".neon.tech:" in host
 
     @property
     def is_pooler(self) -> bool:
         """Neon's pooler endpoints carry `-pooler` in the first host label."""
-        return "-pooler" in self.host.split(".", 1)[0]
+        return "-pooler" in self.host.lower().split(".", 1)[0]
 
     def param(self, name: str) -> str | None:
         value = self.url.query.get(name)
@@ -185,7 +190,11 @@ class DatabaseURL:
             value = raw if isinstance(raw, str) else raw[-1]
             if key in ("sslmode", "sslrootcert", "host", "port") or key in _ASYNCPG_IGNORED:
                 continue
-            if key == "connect_timeout":
+            if key == "password":  # libpq's form: ...?password=...
+                kwargs["password"] = value
+            elif key == "target_session_attrs":
+                kwargs[key] = value  # asyncpg supports it (replica sets, multi-host URLs)
+            elif key == "connect_timeout":
                 kwargs["timeout"] = float(_int(value, key) or connect_timeout_s)
             elif key in ("application_name", "options"):
                 # Neon's proxy reads `options=endpoint=<id>` for SNI-less clients.
@@ -229,7 +238,8 @@ class DatabaseURL:
         if url.username:
             params["user"] = url.username
         if url.password is not None:
-            params["password"] = url.password
+            # As libpq itself: a `password=` query parameter wins over the userinfo one.
+            params.setdefault("password", url.password)
         if url.database:
             params["dbname"] = url.database
         try:

@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 __all__ = ["reject_unknown_query"]
 
 _SEQUENCES = (list, set, frozenset, tuple)
-_PARAMS: dict[int, dict[str, bool]] = {}
+# Cached on the route object itself (routes are unhashable, and an id() could be reused by
+# another app's route once a test's app is gone).
+_ATTR = "_todo_api_query_params"
 
 
 def _is_sequence(annotation: Any) -> bool:
@@ -38,10 +40,11 @@ def _declared(route: Any) -> dict[str, bool] | None:
     dependant = getattr(route, "dependant", None)
     if dependant is None:
         return None
-    params = _PARAMS.get(id(route))
+    params: dict[str, bool] | None = getattr(route, _ATTR, None)
     if params is None:
         # Routes live as long as the app: computed once per route.
-        params = _PARAMS[id(route)] = _query_params(dependant)
+        params = _query_params(dependant)
+        setattr(route, _ATTR, params)
     return params
 
 

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,33 @@ from neondb_support import (
 
 from neondb.proxy import FaultProxy
 from neondb.testing import admin_execute
+from neondb.url import parse_url
 
 
 @pytest.fixture(params=DRIVERS)
 def driver(request: pytest.FixtureRequest) -> str:
     """Run the test once per driver."""
     return str(request.param)
+
+
+@pytest.fixture
+def own_role(neondb_database_url: str) -> Iterator[str]:
+    """The test server's URL as a login role of its own (not a superuser): for tests that
+    change a role (ALTER ROLE ... SET, NOLOGIN, CONNECTION LIMIT) without touching the
+    shared one. `role_of(url)` gives its name. Dropped afterwards, with what it owns."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin_execute(neondb_database_url, f'CREATE ROLE "{role}" LOGIN')
+    url = parse_url(neondb_database_url).url.set(username=role)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        admin_execute(
+            neondb_database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            (role,),
+        )
+        admin_execute(neondb_database_url, f'DROP OWNED BY "{role}"')
+        admin_execute(neondb_database_url, f'DROP ROLE "{role}"')
 
 
 @pytest.fixture

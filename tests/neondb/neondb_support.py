@@ -70,6 +70,31 @@ async def settled_round_trips(proxy: FaultProxy) -> int:
     return proxy.round_trips
 
 
+def role_of(url: str) -> str:
+    """The user name in `url`."""
+    name = parse_url(url).url.username
+    assert name, url
+    return name
+
+
+def with_query(url: str, **params: str) -> str:
+    """`url` with these query parameters added (or replaced)."""
+    return parse_url(url).url.update_query_dict(params).render_as_string(hide_password=False)
+
+
+def connections_of(url: str, *, role: str | None = None, application: str | None = None) -> int:
+    """How many client backends the server has for `role` or `application_name` now."""
+    rows = admin_execute(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        "AND pid <> pg_backend_pid() "
+        "AND (%(role)s::text IS NULL OR usename = %(role)s) "
+        "AND (%(app)s::text IS NULL OR application_name = %(app)s)",
+        {"role": role, "app": application},
+    )
+    return int(rows[0][0])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -132,6 +157,39 @@ def active_statements(url: str, needle: str) -> int:
         (needle,),
     )
     return int(rows[0][0])
+
+
+def add_slow_commit_trigger(url: str, table: str, sleep_s: float = 2.0) -> None:
+    """Make every transaction that inserted into `table` spend `sleep_s` in its COMMIT: a
+    deferred constraint trigger runs then, while the client waits for COMMIT's answer."""
+    admin_execute(
+        url,
+        f"CREATE FUNCTION {table}_slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_sleep({sleep_s}); RETURN NULL; END $$",
+    )
+    admin_execute(
+        url,
+        f"CREATE CONSTRAINT TRIGGER {table}_slow_commit AFTER INSERT ON {table} "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_slow_commit()",
+    )
+
+
+async def terminate_during_commit(url: str, *, timeout_s: float = 5.0) -> int:
+    """Wait until a backend is sleeping inside a COMMIT (see `add_slow_commit_trigger`),
+    then terminate it from an admin connection, as a compute restart would; its pid."""
+    find = (
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event = 'PgSleep' "
+        "AND query ILIKE 'commit%' AND pid <> pg_backend_pid()"
+    )
+    for _ in range(int(timeout_s / 0.02)):
+        rows = await asyncio.to_thread(admin_execute, url, find)
+        if rows:
+            (pid,) = rows[0]
+            await asyncio.sleep(0.2)  # well inside the trigger's sleep
+            await asyncio.to_thread(admin_execute, url, "SELECT pg_terminate_backend(%s)", (pid,))
+            return int(pid)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no backend in COMMIT within {timeout_s} s")
 
 
 async def cut(proxy: FaultProxy) -> None:

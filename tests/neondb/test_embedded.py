@@ -107,6 +107,53 @@ async def test_database_without_url_uses_the_embedded_server(data_dir: Path) -> 
     await wait_until(lambda: not running(server), timeout_s=30)
 
 
+async def test_failed_start_releases_the_embedded_server(
+    data_dir: Path, neondb_database_url: str
+) -> None:
+    """The embedded server starts, then the replica URL is refused: start() stops again
+    and lets the embedded server go (never half-started)."""
+    from neondb import DatabaseUnavailableError
+    from neondb.url import parse_url
+
+    replica = parse_url(neondb_database_url).with_database("no_such_replica_db")
+    db = Database(
+        make_settings(
+            None,
+            db_data_dir=data_dir,
+            database_read_url=replica.url.render_as_string(hide_password=False),
+        )
+    )
+    with pytest.raises(DatabaseUnavailableError, match="no_such_replica_db"):
+        await db.start()
+    assert db.url is not None  # it got as far as the embedded server
+    assert db.embedded is None
+    assert db._engine is None
+    await wait_until(lambda: not running(EmbeddedServer(data_dir)), timeout_s=30)
+
+
+async def test_sync_engine_before_start_then_stop_releases_the_embedded_server(
+    data_dir: Path,
+) -> None:
+    from neondb import embedded
+
+    db = Database(make_settings(None, db_data_dir=data_dir))
+    pgdata = EmbeddedServer(data_dir).pgdata
+    try:
+        with db.sync_engine().connect() as conn:  # before start(): "made on first use"
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        await db.start()
+        await db.stop()
+        assert db.embedded is None
+        assert embedded._holders.get(pgdata, 0) == 0  # this process holds it no more
+    finally:
+        # Leave the module's server stopped and unheld for the next test, whatever happened.
+        if embedded._holders.pop(pgdata, 0):
+            last = EmbeddedServer(data_dir)
+            last.start()
+            last.stop()
+        await wait_until(lambda: not running(EmbeddedServer(data_dir)), timeout_s=30)
+
+
 async def test_kept_server_and_shutdown(data_dir: Path) -> None:
     kept = EmbeddedServer(data_dir, stop_on_exit=False)  # as `neondb embedded start`
     url = kept.start()

@@ -1,26 +1,33 @@
 """neondb.engine: round trips per session kind (counted by FaultProxy), no pre-ping,
-pooler configuration, and dead pooled connections replaced without a round trip."""
+pooler configuration (and the driver chosen there), dead pooled connections replaced
+without a round trip, and connections the server refuses (503, not retried)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from neondb_support import (
     backend_pids,
+    make_settings,
     open_database,
     proxied_url,
+    role_of,
     settled_round_trips,
     wait_until,
+    with_query,
 )
 from sqlalchemy import text
 
-from neondb import Database, QueryTimeoutError
+from neondb import Database, DatabaseUnavailableError, QueryTimeoutError
 from neondb.engine import connection_is_dead
+from neondb.errors import is_transient
 from neondb.proxy import FaultProxy
 from neondb.testing import admin_execute
+from neondb.url import parse_url
 
 # round trips ------------------------------------------------------------------------------
 
@@ -87,19 +94,43 @@ async def test_session_without_a_statement_sends_nothing(
 # behind a transaction pooler ---------------------------------------------------------------
 
 
-@pytest.fixture
-def own_role(neondb_database_url: str) -> Iterator[str]:
-    """The test server's URL as a role of its own: pooler mode sets a role default
-    (ALTER ROLE ... SET statement_timeout), which must not touch the shared role."""
-    role = f"r_{uuid.uuid4().hex[:10]}"
-    admin_execute(neondb_database_url, f'CREATE ROLE "{role}" LOGIN')
-    from neondb.url import parse_url
+@pytest.mark.parametrize(
+    ("db_driver", "driver", "trips"),
+    [(None, "psycopg", 1), ("asyncpg", "asyncpg", 2)],
+    ids=["default-driver", "asyncpg"],
+)
+async def test_round_trips_per_statement_behind_a_pooler(
+    proxy: FaultProxy, own_role: str, db_driver: str | None, driver: str, trips: int
+) -> None:
+    """DB_POOLER=transaction, no `+driver` in the URL. Without DB_DRIVER the driver is
+    psycopg: it sends an unnamed statement's Parse, Bind and Execute in one flight, so a
+    warm read or autocommit write costs 1 round trip.
 
-    url = parse_url(neondb_database_url).url.set(username=role)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        admin_execute(neondb_database_url, f'DROP ROLE "{role}"')
+    asyncpg, asked for explicitly, costs 2: it cannot execute a statement it has not
+    prepared, so it sends Parse/Describe and waits for the description (round trip 1), then
+    Bind/Execute (round trip 2). On a direct endpoint its statement cache saves the first
+    after a statement's first run; behind a transaction pooler that cache is off (a named
+    statement does not outlive its transaction, and the next transaction may run on
+    another server connection), so every statement pays both."""
+    url = proxied_url(proxy, own_role)
+    assert parse_url(url).driver_hint is None
+    async with open_database(
+        url, db_driver=db_driver, db_pooler="transaction", db_pool_min=1, db_pool_max=1
+    ) as db:
+        assert db.driver == driver
+        async with db.autocommit() as s:
+            await s.execute(text("CREATE TEMP TABLE rt (n int)"))  # pool of one: it stays
+        cases = [
+            ("read_session", "SELECT count(*) FROM rt"),
+            ("autocommit", "INSERT INTO rt VALUES (1)"),
+        ]
+        for _ in range(6):  # warm: past psycopg's prepare threshold of a direct endpoint
+            for kind, sql in cases:
+                async with getattr(db, kind)() as s:
+                    await s.execute(text(sql))
+        for _ in range(3):
+            for kind, sql in cases:
+                assert (kind, await round_trips_of(proxy, db, kind, sql)) == (kind, trips)
 
 
 async def test_pooler_mode_uses_no_named_prepared_statements(own_role: str, driver: str) -> None:
@@ -132,23 +163,29 @@ async def test_direct_mode_prepares_repeated_statements(own_role: str, driver: s
 async def test_pooler_mode_statement_timeout_by_role_default_and_set_local(
     own_role: str, driver: str, neondb_database_url: str
 ) -> None:
-    role = own_role.split("://", 1)[1].split("@", 1)[0]
+    role = role_of(own_role)
     settings = {"db_driver": driver, "db_pooler": "transaction", "db_statement_timeout_s": 0.5}
     async with open_database(own_role, **settings) as db:
         # Start-up set the role's default, for single statements outside a transaction.
         rows = admin_execute(
             neondb_database_url,
-            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            "SELECT d.datname, s.setconfig FROM pg_db_role_setting s "
+            "JOIN pg_roles r ON r.oid = s.setrole LEFT JOIN pg_database d ON d.oid = s.setdatabase "
             "WHERE r.rolname = %s",
             (role,),
         )
-        assert rows == [(["statement_timeout=500"],)]
+        # In this database only: the role may serve other databases with other needs.
+        database = parse_url(own_role).url.database
+        assert rows == [(database, ["statement_timeout=500"])]
         with pytest.raises(QueryTimeoutError):
             async with db.read_session() as s:
                 await s.execute(text("SELECT pg_sleep(3)"))
 
         # Without the role default, explicit transactions still get SET LOCAL.
-        admin_execute(neondb_database_url, f'ALTER ROLE "{role}" RESET statement_timeout')
+        admin_execute(
+            neondb_database_url,
+            f'ALTER ROLE "{role}" IN DATABASE "{database}" RESET statement_timeout',
+        )
         await db.engine.dispose()
         async with db.read_session() as s:
             assert (await s.execute(text("SHOW statement_timeout"))).scalar_one() == "0"
@@ -157,6 +194,29 @@ async def test_pooler_mode_statement_timeout_by_role_default_and_set_local(
         with pytest.raises(QueryTimeoutError):
             async with db.session() as s:
                 await s.execute(text("SELECT pg_sleep(3)"))
+
+
+async def test_pooler_role_default_in_a_database_whose_name_needs_quotes(
+    own_role: str, neondb_database_url: str
+) -> None:
+    """`ALTER ROLE ... IN DATABASE <name>` with a name that is not a plain identifier."""
+    role = role_of(own_role)
+    name = f"Neon-DB {uuid.uuid4().hex[:6]}"
+    admin_execute(neondb_database_url, f'CREATE DATABASE "{name}" OWNER "{role}"')
+    try:
+        url = parse_url(own_role).with_database(name).url.render_as_string(hide_password=False)
+        settings = {"db_pooler": "transaction", "db_statement_timeout_s": 0.7}
+        async with open_database(url, **settings) as db, db.read_session() as s:
+            assert (await s.execute(text("SHOW statement_timeout"))).scalar() == "700ms"
+        rows = admin_execute(
+            neondb_database_url,
+            "SELECT d.datname, s.setconfig FROM pg_db_role_setting s "
+            "JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = %s::regrole",
+            (role,),
+        )
+        assert rows == [(name, ["statement_timeout=700"])]
+    finally:
+        admin_execute(neondb_database_url, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def test_direct_mode_sets_statement_timeout_once_per_connection(
@@ -227,3 +287,80 @@ async def test_dead_connection_check_sends_nothing(
             proxy.drop_all()
             await wait_until(lambda: connection_is_dead(raw), timeout_s=5)
         assert not connection_is_dead(object())
+
+
+# connections the server refuses --------------------------------------------------------------
+
+SECRET = "Pw-4e9b-never-shown"  # distinctive, so that a leak is easy to spot
+
+
+@pytest.mark.parametrize(
+    ("refusal", "words"),
+    [
+        ("missing database", "does not exist"),
+        ("NOLOGIN role", "is not permitted to log in"),
+        ("missing role", "does not exist"),
+    ],
+)
+async def test_refused_connection_is_unavailable_and_not_retried(
+    proxy: FaultProxy,
+    own_role: str,
+    neondb_database_url: str,
+    driver: str,
+    refusal: str,
+    words: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused login or a missing database: a 503 (not a 500), `transient` False, so
+    neither the connect retries nor start-up's wait repeat it, and the server's own words
+    (which say what to fix) with the password masked."""
+    url = parse_url(own_role).url.set(password=SECRET)
+    if refusal == "missing database":
+        url = url.set(database=f"no_such_db_{uuid.uuid4().hex[:8]}")
+    elif refusal == "NOLOGIN role":
+        admin_execute(neondb_database_url, f'ALTER ROLE "{url.username}" NOLOGIN')
+    else:
+        url = url.set(username=f"no_such_role_{uuid.uuid4().hex[:8]}")
+    raw = proxied_url(proxy, url.render_as_string(hide_password=False))
+    db = Database(make_settings(raw, db_driver=driver, db_retry_attempts=3))
+    caplog.set_level(logging.DEBUG)
+    proxy.reset_counts()
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.start()
+    elapsed = time.monotonic() - started
+    err = info.value
+    assert type(err) is DatabaseUnavailableError
+    assert err.transient is False
+    assert not is_transient(err)
+    assert err.status_code == 503
+    assert err.public_detail == "database unavailable, retry later"
+    assert words in str(err)
+    assert str(err).startswith("cannot connect to 127.0.0.1")
+    for shown in (str(err), repr(err), caplog.text):
+        assert SECRET not in shown
+    # Not retried: one connection attempt, no wait for DB_STARTUP_TIMEOUT_S (10 s here).
+    assert proxy.accepted == 1
+    assert elapsed < 2
+    assert db.breaker.consecutive_failures == 0  # nor counted as an outage
+    assert db._engine is None
+
+
+@pytest.mark.parametrize(("attrs", "works"), [("read-write", True), ("standby", False)])
+async def test_target_session_attrs_reaches_the_driver(
+    neondb_database_url: str, driver: str, attrs: str, works: bool
+) -> None:
+    """The test server is a primary: `standby` must be refused, which proves the
+    parameter reached the driver (asyncpg used to drop it)."""
+    url = with_query(neondb_database_url, target_session_attrs=attrs)
+    if works:
+        async with open_database(url, db_driver=driver) as db, db.read_session() as s:
+            assert (await s.execute(text("SELECT pg_is_in_recovery()"))).scalar() is False
+        return
+    db = Database(make_settings(url, db_driver=driver))
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.start()
+    assert info.value.transient is False  # a primary does not become a standby by waiting
+    assert time.monotonic() - started < 2
+    assert db._engine is None

@@ -18,7 +18,13 @@ from neondb import (
     QueryTimeoutError,
     WriteOutcomeUnknownError,
 )
-from neondb.errors import classify, is_transient, retry_after_header, sqlstate_of
+from neondb.errors import (
+    classify,
+    is_login_rejected,
+    is_transient,
+    retry_after_header,
+    sqlstate_of,
+)
 
 
 class PgError(Exception):
@@ -121,7 +127,7 @@ def test_not_transient(exc: BaseException) -> None:
 def test_classify() -> None:
     assert isinstance(classify(sa_exc.TimeoutError("QueuePool limit")), PoolExhaustedError)
     assert isinstance(classify(wrapped(PgError("57014"))), QueryTimeoutError)
-    assert isinstance(classify(TimeoutError()), QueryTimeoutError)
+    assert type(classify(TimeoutError())) is QueryTimeoutError
     lost = wrapped(PgError("57P01"))
     assert type(classify(lost)) is DatabaseUnavailableError
     assert isinstance(classify(lost, writing=True), WriteOutcomeUnknownError)
@@ -137,3 +143,108 @@ def test_mapped_errors_keep_the_original_and_hide_it_from_clients() -> None:
     assert isinstance(mapped, DatabaseUnavailableError)
     assert mapped.orig is orig
     assert "administrator" not in mapped.public_detail
+
+
+def test_a_timeout_means_different_things_for_reads_and_writes() -> None:
+    # The server cancelled the statement (57014): it did not happen, read or write.
+    for writing in (False, True):
+        assert type(classify(wrapped(PgError("57014")), writing=writing)) is QueryTimeoutError
+    # The client's backstop gave up waiting: a write may still commit on the server.
+    write = classify(TimeoutError(), writing=True)
+    assert type(write) is WriteOutcomeUnknownError
+    assert write.status_code == 503
+    assert isinstance(write.orig, TimeoutError)
+    read = classify(TimeoutError(), writing=False)
+    assert type(read) is QueryTimeoutError
+    assert read.status_code == 504
+    # Pool exhaustion sent nothing: busy, whatever the statement.
+    assert type(classify(sa_exc.TimeoutError("QueuePool"), writing=True)) is PoolExhaustedError
+
+
+# libpq reports a refused connection with no SQLSTATE: its words are all there is.
+LIBPQ = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        'password authentication failed for user "alex"',
+        'role "alex" is not permitted to log in',
+        'role "nobody" does not exist',
+        'database "nowhere" does not exist',
+        'no pg_hba.conf entry for host "127.0.0.1", user "alex", database "app", no encryption',
+    ],
+)
+def test_refused_login_without_sqlstate(words: str) -> None:
+    exc = Exception(LIBPQ + words)
+    assert sqlstate_of(exc) is None
+    assert is_login_rejected(exc)
+    assert is_login_rejected(wrapped(exc))
+    assert not is_transient(exc)
+    mapped = classify(wrapped(exc), writing=True)
+    assert type(mapped) is DatabaseUnavailableError
+    assert mapped.transient is False
+    assert not is_transient(mapped)
+    assert mapped.status_code == 503
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PgError("28P01", "password authentication failed"),
+        PgError("28000", "role is not permitted to log in"),
+        PgError("3D000", "database does not exist"),
+    ],
+)
+def test_refused_login_with_sqlstate(exc: BaseException) -> None:
+    assert is_login_rejected(exc)
+    mapped = classify(wrapped(exc))
+    assert type(mapped) is DatabaseUnavailableError
+    assert mapped.transient is False
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        'FATAL:  too many connections for role "alex"',
+        'FATAL:  too many connections for database "app"',
+        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",
+        'could not translate host name "ep-x.neon.tech" to address: Name or service not known',
+        "failed to resolve host 'ep-x.neon.tech'",
+        "connect to 10.0.0.1 port 5432 failed: No route to host",
+        "connect to 10.0.0.1 port 5432 failed: Network is unreachable",
+    ],
+)
+def test_libpq_outage_words_are_transient(words: str) -> None:
+    """What the connection opener goes by: `is_transient` (retried, counted by the
+    breaker, start-up waits)."""
+    assert is_transient(Exception(f"connection failed: {words}"))
+
+
+def test_libpq_too_many_clients_is_transient() -> None:
+    exc = Exception(LIBPQ + "sorry, too many clients already")
+    assert is_transient(exc)
+    assert type(classify(wrapped(exc))) is DatabaseUnavailableError
+
+
+@pytest.mark.parametrize(
+    "words",
+    ['too many connections for role "alex"', 'too many connections for database "app"'],
+)
+def test_classify_keeps_too_many_connections_transient(words: str) -> None:
+    exc = Exception(LIBPQ + words)
+    assert not is_login_rejected(exc)
+    mapped = classify(wrapped(exc))
+    assert type(mapped) is DatabaseUnavailableError
+    assert mapped.transient is True
+
+
+def test_unavailable_transient_flag() -> None:
+    down = DatabaseUnavailableError("down")
+    assert down.transient is True
+    assert is_transient(down)
+    refused = DatabaseUnavailableError("refused")
+    refused.transient = False
+    assert not is_transient(refused)
+    assert refused.status_code == 503
+    assert DatabaseUnavailableError("again").transient is True  # per instance, not the class

@@ -63,7 +63,7 @@ async def test_health_db_is_503_when_the_database_is_gone(
         assert time.monotonic() - started < 6  # bounded by the connect timeout
         assert r.status_code == 503
         assert r.headers["content-type"] == "application/json"
-        assert int(r.headers["Retry-After"]) >= 1
+        assert r.headers["Retry-After"] == "2"  # the floor: the circuit is still closed
         body = r.json()
         assert body["status"] == "unhealthy"
         assert body["database"] in ("unreachable", "timeout")
@@ -103,3 +103,67 @@ async def test_database_health_never_raises_for_an_outage(
         assert body["database"] == "timeout"
     finally:
         await neon.db.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("reset_s", "elapsed_s", "retry_after"),
+    [
+        (30.0, 0.0, "30"),  # the whole cool-down
+        (30.0, 22.6, "8"),  # what is left, rounded up
+        (7.2, 0.0, "8"),
+        (30.0, 29.5, "2"),  # never under 2
+        (1.0, 0.0, "2"),
+    ],
+)
+async def test_health_db_retry_after_is_the_cool_down_left(
+    neondb_database_url: str, reset_s: float, elapsed_s: float, retry_after: str
+) -> None:
+    app = app_for(neondb_database_url, "asyncpg", db_breaker_reset_s=reset_s)
+    async with serve(app) as client:
+        db = app.state.neondb
+        clock = Clock()
+        db.breaker.clock = clock  # a fixed clock: the cool-down left is exact
+        for _ in range(db.settings.db_breaker_failures):
+            db.breaker.record_failure()
+        clock.now += elapsed_s
+        assert db.breaker.state == "open"
+        r = await client.get("/health/db")
+        assert r.status_code == 503
+        assert r.json()["database"] == "circuit open"
+        assert r.json()["breaker"]["retry_after_s"] == pytest.approx(reset_s - elapsed_s)
+        assert r.headers["Retry-After"] == retry_after
+        # Cool-down over: the check goes through again (the database was there all along).
+        clock.now += reset_s + 0.01
+        assert db.breaker.state == "half_open"
+        r = await client.get("/health/db")
+        assert r.status_code == 200
+        assert "Retry-After" not in r.headers
+
+
+async def test_database_health_never_raises(neondb_database_url: str) -> None:
+    """Whatever goes wrong (here: the database was never started), the answer is
+    'unhealthy', for the route to turn into a 503."""
+    neon = NeonDB(make_settings(neondb_database_url))
+    body = await database_health(neon.db)
+    assert body["status"] == "unhealthy"
+    assert body["database"] == "unreachable"
+    assert body["breaker"]["state"] == "closed"
+    assert body["pool"] == {}
+
+    app = FastAPI()
+    app.state.neondb = neon.db  # installed, but not started
+    neon.install(app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/health/db")
+    assert r.status_code == 503
+    assert r.json()["status"] == "unhealthy"
+    assert r.headers["Retry-After"] == "2"

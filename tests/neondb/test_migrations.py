@@ -144,3 +144,47 @@ async def test_neondb_lifespan_migrates_on_start(scripts: Path, neondb_schema_ur
             transport=httpx.ASGITransport(app=app), base_url="http://test"
         ) as client:
             assert (await client.get("/health/db")).status_code == 200
+
+
+VERSION_0002_SLOW = '''"""a migration that outlasts a request's statement_timeout"""
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    timeout = op.get_bind().exec_driver_sql("SHOW statement_timeout").scalar()
+    if timeout != "0":
+        raise RuntimeError(f"migration ran with statement_timeout {timeout}")
+    op.execute("SELECT pg_sleep(0.6)")  # past DB_STATEMENT_TIMEOUT_S (0.3 s)
+    op.execute("CREATE INDEX items_name ON items (name)")
+
+
+def downgrade() -> None:
+    op.drop_index("items_name")
+'''
+
+
+async def test_upgrade_runs_without_the_statement_timeout(
+    scripts: Path, neondb_schema_url: str, driver: str
+) -> None:
+    """A migration (an index build) may outlast a request: upgrade() lifts the app's
+    statement_timeout for its own transaction only."""
+    (scripts / "versions" / "0002_slow.py").write_text(VERSION_0002_SLOW)
+    migrations = Migrations(scripts, models())
+    async with open_database(neondb_schema_url, db_driver=driver, db_statement_timeout_s=0.3) as db:
+        await migrations.upgrade(db)
+        assert await migrations.current(db) == "0002"
+        # The app's sessions, on the same pooled connection, keep their timeout.
+        for kind in ("read_session", "session", "autocommit"):
+            async with getattr(db, kind)() as s:
+                assert (await s.execute(text("SHOW statement_timeout"))).scalar() == "300ms"
+    indexes = admin_execute(
+        neondb_schema_url,
+        "SELECT count(*) FROM pg_indexes "
+        "WHERE schemaname = current_schema() AND indexname = 'items_name'",
+    )
+    assert indexes == [(1,)]

@@ -10,10 +10,19 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy.exc as sa_exc
-from neondb_support import backend_pids, cut, make_settings, open_database, proxied_url
+from neondb_support import (
+    active_statements,
+    backend_pids,
+    cut,
+    make_settings,
+    open_database,
+    proxied_url,
+    wait_until,
+)
 from sqlalchemy import text
 
 from neondb import (
@@ -21,9 +30,11 @@ from neondb import (
     DatabaseUnavailableError,
     PoolExhaustedError,
     QueryTimeoutError,
+    WriteOutcomeUnknownError,
 )
 from neondb.errors import retry_after_header
 from neondb.proxy import FaultProxy
+from neondb.testing import admin_execute
 
 SLEEP = text("SELECT pg_sleep(5)")
 PASSWORD = "c0nnect-pw-77e1"
@@ -44,7 +55,9 @@ async def test_statement_timeout_cancels_and_the_connection_survives(
         with pytest.raises(QueryTimeoutError) as info:
             async with getattr(db, kind)() as s:
                 await s.execute(SLEEP)
-        assert time.monotonic() - started < 4.5  # the server's 1 s, well before pg_sleep's 5
+        elapsed = time.monotonic() - started
+        assert elapsed < 4.5  # the server's 1 s, well before pg_sleep's 5
+        assert elapsed >= 0.9  # and not before it: the server's timeout, not something else
         assert info.value.status_code == 504
         assert isinstance(info.value, sa_exc.OperationalError)
         # The same (only) connection answers the next statement.
@@ -92,6 +105,57 @@ async def test_client_backstop_when_the_server_never_answers(neondb_database_url
             assert (await s.execute(text("SELECT 1"))).scalar() == 1
         assert db.connections_opened == opened + 1
         assert pid not in await backend_pids(db)
+
+
+# the backstop's verdict: a write's outcome is unknown, a read timed out ------------------------
+
+SLOW_INSERT = text("INSERT INTO backstop (n) SELECT 1 FROM pg_sleep(3)")
+
+
+@pytest.mark.parametrize(
+    ("kind", "sql", "expected"),
+    [
+        ("autocommit", SLOW_INSERT, WriteOutcomeUnknownError),
+        ("autocommit", text("SELECT pg_sleep(3)"), QueryTimeoutError),
+        ("read_session", text("SELECT pg_sleep(3)"), QueryTimeoutError),
+        # In a transaction nothing commits without COMMIT: the outcome is known.
+        ("session", SLOW_INSERT, QueryTimeoutError),
+    ],
+    ids=["autocommit-write", "autocommit-read", "read-session", "transaction-write"],
+)
+async def test_client_backstop_verdict(
+    neondb_schema_url: str, driver: str, kind: str, sql: Any, expected: type[Exception]
+) -> None:
+    """The server's timeout is far away (30 s); the session's backstop (its info key
+    `neondb.backstop_s`) is 0.5 s. When it gives up, an autocommit write may still commit
+    on the server: WriteOutcomeUnknownError (503). A read did nothing: QueryTimeoutError
+    (504)."""
+    admin_execute(neondb_schema_url, "CREATE TABLE backstop (n int)")
+    async with open_database(
+        neondb_schema_url, db_driver=driver, db_statement_timeout_s=30, db_pool_max=1
+    ) as db:
+        opened = db.connections_opened
+
+        async def run() -> None:
+            async with getattr(db, kind)() as s:
+                s.info["neondb.backstop_s"] = 0.5
+                await s.execute(sql)
+
+        started = time.monotonic()
+        with pytest.raises(expected) as info:
+            await run()
+        elapsed = time.monotonic() - started
+        assert type(info.value) is expected
+        assert info.value.status_code == (503 if expected is WriteOutcomeUnknownError else 504)
+        assert isinstance(info.value.__cause__, TimeoutError)  # the backstop, not the server
+        assert 0.45 <= elapsed < 2.9  # the backstop's 0.5 s, before pg_sleep's 3
+        # The connection in an unknown state was dropped; a fresh one serves.
+        assert db.pool_stats()["primary"]["checked_out"] == 0
+        async with db.read_session() as s:
+            assert (await s.execute(text("SELECT 1"))).scalar() == 1
+        assert db.connections_opened == opened + 1
+    # Whatever the server still does with the statement ends before the schema is dropped.
+    await wait_until(lambda: active_statements(neondb_schema_url, "pg_sleep(3)") == 0)
 
 
 # connect timeout ------------------------------------------------------------------------------

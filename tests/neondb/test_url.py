@@ -81,6 +81,33 @@ def test_driver_hint_picks_the_driver_unless_db_driver_says_otherwise() -> None:
     assert db.driver == "asyncpg"
 
 
+def test_default_driver_behind_a_transaction_pooler_is_psycopg() -> None:
+    """asyncpg cannot keep prepared statements behind a transaction pooler and pays two
+    round trips per statement there; psycopg sends each in one (test_engine.py counts)."""
+    from neondb_support import make_settings
+
+    pooled = f"postgresql://alex:{PASSWORD}@{POOLER_HOST}/neondb"
+    db = Database(make_settings(pooled))
+    db.url = parse_url(pooled)  # as start() sets it
+    assert db.driver == "psycopg"
+    db = Database(make_settings(pooled.upper().replace("POSTGRESQL", "postgresql")))
+    db.url = parse_url(pooled.upper().replace("POSTGRESQL", "postgresql"))
+    assert db.driver == "psycopg"
+    forced = Database(make_settings("postgresql://u@h/db", db_pooler="transaction"))
+    forced.url = parse_url("postgresql://u@h/db")
+    assert forced.driver == "psycopg"
+    # The URL's driver and DB_DRIVER still win.
+    hinted = Database(make_settings("postgresql+asyncpg://u@h/db", db_pooler="transaction"))
+    hinted.url = parse_url("postgresql+asyncpg://u@h/db")
+    assert hinted.driver == "asyncpg"
+    chosen = Database(make_settings(pooled, db_driver="asyncpg"))
+    chosen.url = parse_url(pooled)
+    assert chosen.driver == "asyncpg"
+    direct = Database(make_settings(CONSOLE))
+    direct.url = parse_url(CONSOLE)
+    assert direct.driver == "asyncpg"
+
+
 def test_percent_encoded_password_is_decoded_for_both_drivers() -> None:
     url = "postgresql://alex:p%40ss%2Fw%3Ard@localhost:5433/app"
     assert asyncpg_kwargs(url)["password"] == "p@ss/w:rd"
@@ -164,6 +191,26 @@ def test_asyncpg_ssl_for_non_verifying_modes(query: str, expected: object) -> No
     assert libpq(url)["sslmode"] == (query.split("=")[1] if query else "prefer")
 
 
+def test_neon_detection_ignores_case() -> None:
+    # DNS names are case-insensitive: a host pasted in capitals is still Neon, still TLS.
+    upper = f"postgresql://alex:{PASSWORD}@{NEON_HOST.upper()}/neondb"
+    parsed = parse_url(upper)
+    assert parsed.is_neon
+    assert not parsed.is_pooler
+    assert parsed.sslmode == "require"
+    assert libpq(upper)["sslmode"] == "require"
+    assert libpq(upper + "?sslmode=prefer")["sslmode"] == "require"
+    assert isinstance(asyncpg_kwargs(upper)["ssl"], ssl.SSLContext)
+    with pytest.raises(ConfigurationError, match="Neon"):
+        parse_url(upper + "?sslmode=disable").spec("psycopg", connect_timeout_s=5)
+    pooled = parse_url(f"postgresql://alex:{PASSWORD}@{POOLER_HOST.upper()}:5432/neondb")
+    assert pooled.is_neon
+    assert pooled.is_pooler
+    mixed = parse_url(f"postgresql://alex:{PASSWORD}@Ep-X-123-Pooler.Us-East-2.Aws.Neon.Tech/db")
+    assert mixed.is_neon
+    assert mixed.is_pooler
+
+
 def test_neon_host_always_gets_tls() -> None:
     plain = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb"
     assert parse_url(plain).sslmode == "require"
@@ -232,11 +279,54 @@ def test_sslrootcert_reaches_libpq() -> None:
 def test_libpq_only_parameters_are_dropped_for_asyncpg() -> None:
     url = (
         f"postgresql://alex:{PASSWORD}@db.example.com/app?sslmode=require"
-        "&gssencmode=disable&target_session_attrs=any&channel_binding=prefer"
+        "&gssencmode=disable&channel_binding=prefer&pgbouncer=true"
     )
     kw = asyncpg_kwargs(url)
-    assert not {"gssencmode", "target_session_attrs", "channel_binding"} & set(kw)
+    assert not {"gssencmode", "channel_binding", "pgbouncer"} & set(kw)
     assert "server_settings" not in kw
+
+
+@pytest.mark.parametrize("attrs", ["any", "read-write", "primary", "standby", "prefer-standby"])
+def test_target_session_attrs_reaches_both_drivers(attrs: str) -> None:
+    # asyncpg supports it (multi-host URLs, replicas): passed on, not dropped.
+    url = f"postgresql://alex:{PASSWORD}@db.example.com/app?target_session_attrs={attrs}"
+    kw = asyncpg_kwargs(url)
+    assert kw["target_session_attrs"] == attrs
+    assert "server_settings" not in kw
+    assert libpq(url)["target_session_attrs"] == attrs
+
+
+def test_password_query_parameter_is_accepted_and_masked() -> None:
+    # libpq's other way to give a password: `?password=...`.
+    url = f"postgresql://alex@db.example.com/app?sslmode=require&password={PASSWORD}"
+    kw = asyncpg_kwargs(url)
+    assert kw["password"] == PASSWORD
+    assert "server_settings" not in kw
+    assert libpq(url)["password"] == PASSWORD
+    parsed = parse_url(url)
+    for shown in (parsed.display, repr(parsed), str(parsed), f"{parsed}"):
+        assert PASSWORD not in shown
+        assert "password=" in shown  # masked, not dropped: the log says one was given
+        assert "sslmode=require" in shown
+    assert parse_url(parsed.display).param("password") == "***"
+    for driver in ("asyncpg", "psycopg"):
+        spec = parsed.spec(driver, connect_timeout_s=5)  # type: ignore[arg-type]
+        assert PASSWORD not in repr(spec)
+    from neondb_support import make_settings
+
+    db = Database(make_settings(url))
+    db.url = parsed
+    assert PASSWORD not in repr(db)
+    both = parse_url(f"postgresql://alex:other-pw@db.example.com/app?password={PASSWORD}")
+    assert PASSWORD not in both.display
+    assert "other-pw" not in both.display
+
+
+def test_password_given_twice_is_the_same_for_both_drivers_as_for_libpq() -> None:
+    raw = f"postgresql://alex:other-pw@db.example.com/app?password={PASSWORD}"
+    assert conninfo_to_dict(raw)["password"] == PASSWORD  # libpq: the query wins
+    assert asyncpg_kwargs(raw)["password"] == PASSWORD
+    assert libpq(raw)["password"] == PASSWORD
 
 
 def test_unix_socket_url() -> None:

@@ -14,11 +14,10 @@ import ssl
 import time
 
 import pytest
-import sqlalchemy.exc as sa_exc
 from neondb_support import TLS_DATABASE, TLS_PASSWORD, TLS_USER, TLSServer, make_settings
 from sqlalchemy import text
 
-from neondb import Database
+from neondb import Database, DatabaseUnavailableError
 from neondb.errors import exception_chain
 
 SSL_ROW = text(
@@ -94,13 +93,18 @@ async def test_asyncpg_with_channel_binding_fails_on_an_untrusted_certificate(
         query += f"&sslrootcert={tls_server.other_ca_file}"
     db = Database(make_settings(tls_server.url(query), db_driver="asyncpg"))
     started = time.monotonic()
-    with pytest.raises(ssl.SSLCertVerificationError) as info:
+    with pytest.raises(DatabaseUnavailableError) as info:
         await db.start()
     elapsed = time.monotonic() - started
-    await db.stop()
+    assert db._engine is None  # start() stopped again
     # A certificate error is not transient: no retrying until DB_STARTUP_TIMEOUT_S.
     assert elapsed < 5
-    assert TLS_PASSWORD not in chain_text(info.value)
+    err = info.value
+    assert err.transient is False
+    assert err.status_code == 503
+    assert any(isinstance(e, ssl.SSLCertVerificationError) for e in exception_chain(err))
+    assert "certificate verify failed" in str(err)  # says what to fix
+    assert TLS_PASSWORD not in chain_text(err)
     assert TLS_PASSWORD not in caplog.text
 
 
@@ -131,10 +135,11 @@ async def test_plain_connection_is_rejected_by_the_server(
 ) -> None:
     db = Database(make_settings(tls_server.url("sslmode=disable"), db_driver=driver))
     started = time.monotonic()
-    with pytest.raises(sa_exc.DBAPIError, match=r"no pg_hba\.conf entry") as info:
+    with pytest.raises(DatabaseUnavailableError, match=r"no pg_hba\.conf entry") as info:
         await db.start()
-    await db.stop()
+    assert db._engine is None
     assert time.monotonic() - started < 5  # refused by the server: not retried
+    assert info.value.transient is False
     message = chain_text(info.value)
     assert "no pg_hba.conf entry" in message
     assert "no encryption" in message
@@ -149,12 +154,40 @@ async def test_wrong_password_fails_without_showing_either_password(
     url = tls_server.url(f"sslmode=verify-full&sslrootcert={tls_server.ca_file}", password=wrong)
     db = Database(make_settings(url, db_driver=driver))
     with caplog.at_level(logging.DEBUG, logger="neondb"):
-        with pytest.raises(sa_exc.DBAPIError, match="password authentication failed") as info:
+        started = time.monotonic()
+        with pytest.raises(
+            DatabaseUnavailableError, match="password authentication failed"
+        ) as info:
             await db.start()
-        await db.stop()
+        elapsed = time.monotonic() - started
+    assert db._engine is None
+    # A refused login is not transient: no retries, no waiting out DB_STARTUP_TIMEOUT_S.
+    assert info.value.transient is False
+    assert info.value.status_code == 503
+    assert elapsed < db.settings.db_startup_timeout_s / 4
     message = chain_text(info.value)
     assert "password authentication failed" in message
     assert wrong not in message
     assert TLS_PASSWORD not in message
     assert wrong not in caplog.text
     assert wrong not in repr(db)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_password_as_a_query_parameter(
+    tls_server: TLSServer, driver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq's `?password=...` form logs in with both drivers, and is never shown."""
+    url = (
+        f"postgresql://{TLS_USER}@localhost:{tls_server.port}/{TLS_DATABASE}"
+        f"?sslmode=verify-full&sslrootcert={tls_server.ca_file}&password={TLS_PASSWORD}"
+    )
+    db = Database(make_settings(url, db_driver=driver))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="neondb"):
+            assert await connect_and_describe(db) == (True, TLS_USER, TLS_DATABASE)
+        assert TLS_PASSWORD not in repr(db)
+    finally:
+        await db.stop()
+    assert "password=" in caplog.text  # the start-up line shows the URL, masked
+    assert TLS_PASSWORD not in caplog.text

@@ -122,9 +122,11 @@ async def test_api_through_pgbouncer_transaction_mode(
         single = await client.call("GET", "/_probe/backend")
         assert single.status == 200
         assert single.body["statement_timeout"] == timeout_ms
+        # The role's default in this database only (ALTER ROLE ... IN DATABASE).
         role_settings = fresh_db.execute(
             "SELECT unnest(setconfig) FROM pg_db_role_setting "
-            "WHERE setrole = %s::regrole AND setdatabase = 0",
+            "WHERE setrole = %s::regrole "
+            "AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (fresh_db.role,),
         )
         assert (f"statement_timeout={round(STATEMENT_TIMEOUT_S * 1000)}",) in role_settings
@@ -175,7 +177,7 @@ async def test_session_state_behind_pgbouncer(fresh_db, start_pgbouncer, driver:
         await asyncio.to_thread(
             admin_execute,
             fresh_db.server.url(fresh_db.name),
-            f'ALTER ROLE "{fresh_db.role}" SET statement_timeout = 0',
+            f'ALTER ROLE "{fresh_db.role}" IN DATABASE "{fresh_db.name}" SET statement_timeout = 0',
         )
         before = await asyncio.to_thread(other_client, "SHOW statement_timeout")
         tx = await client.call("GET", "/_probe/backend-tx")
