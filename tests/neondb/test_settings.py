@@ -14,6 +14,8 @@ from neondb import ConfigurationError, Database, DatabaseSettings, NeonDB, load_
 
 PASSWORD = "env-s3cret-42a9"
 
+NEON_HOST = "ep-x-1.eu-central-1.aws.neon.tech"
+
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
@@ -135,7 +137,7 @@ async def test_an_unusable_database_url_fails_at_start_without_the_password(
     for raw in (
         f"mysql://u:{PASSWORD}@127.0.0.1/db",
         f"postgresql://u:{PASSWORD}@127.0.0.1:port/db",
-        f"postgresql://u:{PASSWORD}@ep-x-1.eu-central-1.aws.neon.tech/db?sslmode=disable",
+        f"postgresql://u:{PASSWORD}@{NEON_HOST}/db?sslmode=disable",
     ):
         clean_env.setenv("DATABASE_URL", raw)
         settings = load_settings(DatabaseSettings)
