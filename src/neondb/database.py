@@ -48,7 +48,9 @@ class Database:
         self.settings = settings or DatabaseSettings()
         self.name = name
         self.breaker = CircuitBreaker(
-            self.settings.db_breaker_failures, self.settings.db_breaker_reset_s
+            self.settings.db_breaker_failures,
+            self.settings.db_breaker_reset_s,
+            on_change=self._breaker_changed,
         )
         self.embedded: EmbeddedServer | None = None
         self.url: DatabaseURL | None = None
@@ -101,6 +103,18 @@ class Database:
                 self.embedded = EmbeddedServer(self.settings.db_data_dir)
             return parse_url(self.embedded.start())
         return parse_url(raw.get_secret_value())
+
+    def _breaker_changed(self, state: str) -> None:
+        if state == "open":
+            log.warning(
+                "database %s: circuit open after %d connection failures in a row; failing fast "
+                "for %.0f s",
+                self.name,
+                self.breaker.consecutive_failures,
+                self.settings.db_breaker_reset_s,
+            )
+        else:
+            log.info("database %s: circuit %s", self.name, state)
 
     def _count_connect(self) -> None:
         self.connections_opened += 1
@@ -202,17 +216,17 @@ class Database:
             return
         # `reset_val`, not `setting`: `conn` is already in a transaction that began with
         # SET LOCAL statement_timeout, which `setting` would report.
-        have = await conn.exec_driver_sql(
-            "SELECT reset_val::int FROM pg_settings WHERE name = 'statement_timeout'"
-        )
-        if have.scalar() == want:
+        have, db_name = (
+            await conn.exec_driver_sql(
+                "SELECT reset_val::int, quote_ident(current_database()) "
+                "FROM pg_settings WHERE name = 'statement_timeout'"
+            )
+        ).one()
+        if have == want:
             return
         try:
             # One statement per call (asyncpg prepares each, and cannot prepare a list),
             # committed together in the transaction `conn` is already in.
-            db_name = (
-                await conn.exec_driver_sql("SELECT quote_ident(current_database())")
-            ).scalar()
             await conn.exec_driver_sql(
                 f"ALTER ROLE CURRENT_USER IN DATABASE {db_name} SET statement_timeout = {want}"
             )
