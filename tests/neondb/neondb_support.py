@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Integer, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 from neondb import Database, DatabaseSettings
 from neondb.proxy import FaultProxy
 from neondb.testing import admin_execute
@@ -197,3 +200,14 @@ async def cut(proxy: FaultProxy) -> None:
     its own thread, and the client's loop must see the connection's end."""
     proxy.drop_all()
     await asyncio.sleep(0.1)
+
+
+# An ORM model for the tests of session methods NeonSession does not wrap (get, add + flush).
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)

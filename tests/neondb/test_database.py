@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 from neondb_support import (
+    Item,
     add_slow_commit_trigger,
     connections_of,
     make_settings,
@@ -22,8 +23,7 @@ from neondb_support import (
     wait_until,
     with_query,
 )
-from sqlalchemy import Engine, Integer, Text, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Engine, text
 
 from neondb import (
     ConfigurationError,
@@ -269,16 +269,6 @@ async def test_failed_warm_up_leaks_no_connection(
 # errors of every session method -----------------------------------------------------------------
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    __tablename__ = "items"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
-
-
 async def test_pool_exhaustion_in_any_session_method_is_a_503(
     neondb_schema_url: str, driver: str
 ) -> None:
@@ -288,7 +278,7 @@ async def test_pool_exhaustion_in_any_session_method_is_a_503(
         neondb_schema_url, db_driver=driver, db_pool_max=1, db_pool_timeout_s=0.5
     ) as db:
         async with db.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(Item.metadata.create_all)
         async with db.read_session() as held:
             await held.execute(text("SELECT 1"))  # the only connection, held
             with pytest.raises(PoolExhaustedError):

@@ -14,6 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Header, HTTPException, Request
 from neondb_support import (
+    Item,
     add_slow_commit_trigger,
     connections_of,
     make_settings,
@@ -21,8 +22,7 @@ from neondb_support import (
     terminate_during_commit,
     wait_until,
 )
-from sqlalchemy import Integer, Text, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import text
 
 from neondb import AutocommitSession, DbSession, NeonDB, ReadSession, get_database
 from neondb.testing import admin_execute
@@ -192,16 +192,6 @@ async def test_routes_without_the_lifespan_say_what_is_missing() -> None:
 
 
 # errors of every kind become 503/504, not 500 ---------------------------------------------------
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    __tablename__ = "items"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
 
 
 def item_app(url: str, driver: str, **overrides: Any) -> tuple[FastAPI, NeonDB]:
