@@ -1,32 +1,53 @@
-# The two commands a newcomer needs: `make run` and `make test`. Both bootstrap .venv first.
+# The two commands a newcomer needs: `make run` and `make test`. Both bootstrap .venv first:
+# `make run` installs the runtime packages only, `make test` adds the dev tools.
+# Every version comes from constraints.txt; uv (itself pinned there) does the installing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+UV := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt --build-constraints constraints.txt
+RUNTIME := $(VENV)/.runtime
+DEV := $(VENV)/.dev
 
-.PHONY: install run test lint bench clean
+.PHONY: install install-dev run test lint bench system-deps clean
 
-# PIP_CONSTRAINT also pins the build backend, which pip installs in an isolated env.
-$(STAMP): pyproject.toml constraints.txt
+$(BIN)/uv: constraints.txt
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
-	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install --quiet \
-		--disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "==> installing uv, the package installer used below"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
+	touch $@
 
-install: $(STAMP)
+$(RUNTIME): $(BIN)/uv packages/neondb/pyproject.toml packages/todo-api/pyproject.toml
+	@echo "==> installing neondb and todo-api with their runtime dependencies (no dev tools)"
+	$(UV) -e 'packages/neondb[all]' -e packages/todo-api
+	touch $@
+
+$(DEV): $(RUNTIME) dev-requirements.txt
+	@echo "==> installing the dev tools (pytest, schemathesis, mypy, ruff, matplotlib)"
+	$(UV) -r dev-requirements.txt
+	touch $@
+
+install: $(RUNTIME)
+
+install-dev: $(DEV)
 
 run: install
 	$(BIN)/todo-api serve
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+lint: install-dev
+	$(BIN)/ruff check packages tests bench
+	$(BIN)/ruff format --check packages tests bench
 	$(BIN)/mypy
 
-bench: install
+# PgBouncer, Debian's PostgreSQL (TLS; the embedded wheel has no OpenSSL) and wrk, for the
+# tests and the benchmark that start them; installed with apt when missing (needs root).
+system-deps:
+	@bash .ci/system-deps
+
+bench: install-dev system-deps
 	$(BIN)/python -m bench.run
 
 clean:

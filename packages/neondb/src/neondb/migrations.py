@@ -12,15 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
 from neondb.database import Database
+from neondb.extras import missing_extra
+
+try:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+except ImportError as e:
+    raise missing_extra("migrations", "neondb.migrations (Alembic)") from e
 
 __all__ = ["MigrationDriftError", "Migrations"]
 

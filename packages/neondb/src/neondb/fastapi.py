@@ -19,10 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
+
+from neondb.extras import missing_extra
+
+try:
+    from fastapi import APIRouter, Depends, FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+except ImportError as e:
+    raise missing_extra("fastapi", "neondb.fastapi (NeonDB and the session dependencies)") from e
 
 from neondb.database import Database
 from neondb.errors import NeonDBError, classify, retry_after_header

@@ -30,6 +30,7 @@ from neondb.errors import (
     is_transient,
     sqlstate_of,
 )
+from neondb.extras import installed, missing_extra
 from neondb.resilience import CircuitBreaker, retrying
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL
@@ -206,6 +207,8 @@ def build_engine(
     on_connect: Callable[[], None] | None = None,
 ) -> AsyncEngine:
     """An AsyncEngine for `url`: pooled (fixed size) or NullPool in serverless mode."""
+    if not installed(driver):
+        raise missing_extra(driver, f"the {driver} driver")
     connect = _opener(url, driver, settings, pooler=pooler, breaker=breaker, on_connect=on_connect)
     adapter_kw: dict[str, Any] = {"async_creator_fn": connect}
     if driver == "asyncpg" and pooler:
@@ -236,6 +239,8 @@ def build_sync_engine(url: DatabaseURL, settings: DatabaseSettings, *, pooler: b
     """A synchronous psycopg 3 engine for scripts and sync code, with the same URL
     translation, pool sizing, statement_timeout and pooler settings as the async one.
     Connects are retried like the async ones (tenacity); there is no circuit breaker."""
+    if not installed("psycopg"):
+        raise missing_extra("psycopg", "the synchronous engine (psycopg 3)")
     import psycopg
 
     conninfo = url.spec("psycopg", connect_timeout_s=settings.db_connect_timeout_s).kwargs[

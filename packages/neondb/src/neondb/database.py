@@ -30,6 +30,7 @@ from neondb.errors import (
     is_timeout,
     is_transient,
 )
+from neondb.extras import installed
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, Driver
@@ -39,6 +40,15 @@ __all__ = ["Database"]
 
 log = logging.getLogger("neondb")
 SessionKind = Literal["transaction", "autocommit", "read"]
+
+
+def default_driver(*, pooler: bool) -> Driver:
+    """The driver used when neither DB_DRIVER nor the URL names one (see `Database.driver`)."""
+    preferred: Driver = "psycopg" if pooler else "asyncpg"
+    other: Driver = "asyncpg" if pooler else "psycopg"
+    if not installed(preferred) and installed(other):
+        return other
+    return preferred
 
 
 class Database:
@@ -71,11 +81,12 @@ class Database:
     def driver(self) -> Driver:
         """DB_DRIVER, else the URL's (`+asyncpg`/`+psycopg`), else psycopg behind a
         transaction pooler (asyncpg cannot cache statements there and pays two round trips
-        for each: prepare, then execute; psycopg sends both in one), else asyncpg."""
+        for each: prepare, then execute; psycopg sends both in one), else asyncpg. A
+        default the environment lacks gives way to the driver that is installed."""
         if self.settings.db_driver:
             return self.settings.db_driver
         hint = self.url.driver_hint if self.url else None
-        return hint or ("psycopg" if self.behind_pooler() else "asyncpg")
+        return hint or default_driver(pooler=self.behind_pooler())
 
     def behind_pooler(self, url: DatabaseURL | None = None) -> bool:
         mode = self.settings.db_pooler

@@ -14,28 +14,48 @@ Loaded automatically (entry point `pytest11`). Fixtures:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from neondb.embedded import EmbeddedServer
+from neondb.extras import installed
 from neondb.url import parse_url
 
 __all__ = ["admin_execute", "with_search_path"]
 
 
 def admin_execute(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    """Run one statement on `url` with autocommit (psycopg, sync); return its rows."""
-    import psycopg
+    """Run one statement on `url` with autocommit; return its rows. Uses psycopg (sync)
+    when installed, else asyncpg on a private event loop (the caller may be inside one).
+    `params` are psycopg-style (`%s`) with psycopg and asyncpg-style (`$1`) with asyncpg."""
+    parsed = parse_url(url)
+    if installed("psycopg"):
+        import psycopg
 
-    conninfo = parse_url(url).spec("psycopg", connect_timeout_s=10).kwargs["conninfo"]
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+        conninfo = parsed.spec("psycopg", connect_timeout_s=10).kwargs["conninfo"]
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    async def run() -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(**parsed.spec("asyncpg", connect_timeout_s=10).kwargs)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *(params or ()))]
+        finally:
+            await conn.close()
+
+    # A thread of its own: asyncio.run() cannot nest inside a running loop.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def with_search_path(url: str, schema: str) -> str:

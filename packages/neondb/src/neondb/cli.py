@@ -6,9 +6,14 @@ import asyncio
 import logging
 from typing import Annotated
 
-import typer
-from rich.console import Console
-from rich.table import Table
+from neondb.extras import missing_extra
+
+try:
+    import typer
+    from rich.console import Console
+    from rich.table import Table
+except ImportError as e:
+    raise missing_extra("cli", "the neondb command") from e
 
 from neondb.database import Database
 from neondb.doctor import diagnose
