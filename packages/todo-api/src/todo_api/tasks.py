@@ -1,7 +1,7 @@
 """`/api/tasks`: a user's tasks.
 
 Every route is one SQL statement in an autocommit (write) or read session, so one round
-trip; every statement filters by the authenticated user. See DESIGN.md, "Few round trips".
+trip; every statement filters by the authenticated user. See docs/design.md, "Few round trips".
 """
 
 from __future__ import annotations
