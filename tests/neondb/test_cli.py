@@ -4,7 +4,11 @@ database."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from neondb_support import free_port, make_settings
@@ -28,21 +32,44 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     return CliRunner()
 
 
-def test_url_shows_both_translations_masked(runner: CliRunner) -> None:
+def test_url_names_the_driver_picked_and_why(runner: CliRunner) -> None:
     result = runner.invoke(app, ["url", CONSOLE])
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output
-    assert "asyncpg" in result.output
-    assert "psycopg" in result.output
-    assert "pooler=True" in result.output
-    assert "channel_binding=require" in result.output
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["endpoint"].startswith("Neon, transaction pooler: the host name has -pooler")
+    assert lines["driver"].startswith("psycopg: behind a transaction pooler")
+    assert "channel_binding=require" in lines["psycopg"]
+    assert "password=***" in lines["psycopg"]
+    # psycopg is the driver: asyncpg's channel-binding warning would be beside the point.
+    assert "asyncpg cannot" not in result.output
+
+
+def test_url_shows_tls_in_words(runner: CliRunner) -> None:
+    direct = CONSOLE.replace("-pooler", "")
+    result = runner.invoke(app, ["url", direct])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["driver"].startswith("asyncpg: the default on a direct endpoint")
+    assert lines["tls"].startswith(
+        "verify-full: encrypted; certificate and host name checked against the system CAs"
+    )
+    assert "SSLContext" not in result.output
+    assert "object at 0x" not in result.output
+    assert "password='***'" in lines["asyncpg"]
+    psycopg = runner.invoke(app, ["url", direct, "--driver", "psycopg"])
+    tls = dict(line.split(None, 1) for line in psycopg.stdout.splitlines())["tls"]
+    assert tls == (
+        "require: encrypted; certificate not checked; SCRAM channel binding required "
+        "(enforced by libpq)"
+    )
 
 
 def test_url_reads_database_url(runner: CliRunner) -> None:
     result = runner.invoke(app, ["url"], env={"DATABASE_URL": CONSOLE})
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output
-    assert "neon=True" in result.output
+    assert result.stdout.startswith("url      postgresql://alex:***@" + NEON_HOST)
 
 
 @pytest.mark.parametrize(
@@ -81,3 +108,52 @@ async def test_doctor_on_a_missing_database() -> None:
     assert not report.ok
     assert [f.check for f in report.findings] == ["connect"]
     assert PASSWORD not in report.findings[0].detail
+
+
+def _neondb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """Run the installed `neondb` command with stdout piped (not a terminal)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_"))}
+    base.pop("PYTHONPATH", None)
+    base.update(env or {})
+    cli = Path(sys.executable).parent / "neondb"
+    return subprocess.run(
+        [str(cli), *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_embedded_url_is_one_line_that_psql_accepts(tmp_path: Path) -> None:
+    # A long project path: rich used to wrap the URL at 80 columns when piped.
+    data = tmp_path / ("a-long-project-folder-name-" * 3) / ".neondb"
+    env = {"DB_DATA_DIR": str(data)}
+    try:
+        result = _neondb("embedded", "url", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        url = result.stdout
+        assert url.endswith("\n")
+        assert url.count("\n") == 1
+        assert len(url) > 80
+        psql = shutil.which("psql") or "/usr/bin/psql"
+        answer = subprocess.run(
+            [psql, url.strip(), "-Atc", "SELECT 6 * 7"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert answer.stdout.strip() == "42", answer.stderr
+    finally:
+        _neondb("embedded", "stop", cwd=tmp_path, env=env)
+
+
+def test_url_output_is_not_wrapped_when_piped(tmp_path: Path) -> None:
+    result = _neondb("url", CONSOLE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    keys = [line.split(None, 1)[0] for line in result.stdout.splitlines()]
+    assert keys == ["url", "endpoint", "driver", "tls", "psycopg"]
+    assert result.stderr == ""
+
+
+def test_version(tmp_path: Path) -> None:
+    result = _neondb("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("neondb ")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -57,9 +58,9 @@ def test_token_in_development_uses_the_generated_secret(
     result = runner.invoke(main, ["token", "--sub", "dev"])
     assert result.exit_code == 0, result.output
     secret = (tmp_path / "data" / "auth_secret").read_text().strip()
-    assert jwt.decode(result.output.strip(), secret, algorithms=["HS256"])["sub"] == "dev"
+    assert jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "dev"
     again = runner.invoke(main, ["token", "--sub", "dev"])
-    assert jwt.decode(again.output.strip(), secret, algorithms=["HS256"])["sub"] == "dev"
+    assert jwt.decode(again.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "dev"
 
 
 def test_token_in_production_without_secret(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,3 +157,125 @@ def test_serve_starts_uvicorn_with_the_factory(neondb_schema_url: str, tmp_path:
     assert f"http://127.0.0.1:{port}" in output
     assert "todo-api token --sub alice" in output
     assert TEST_SECRET not in output
+
+
+assert_stdout_line_count = 1  # `$(todo-api token ...)`: stdout is the token alone
+
+
+def _todo_api(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> Any:
+    """Run the installed `todo-api` with stdout and stderr piped (not a terminal)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_", "AUTH_"))}
+    base.pop("PYTHONPATH", None)
+    base.update(env)
+    cli = Path(sys.executable).parent / "todo-api"
+    return subprocess.run(
+        [str(cli), *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_token_elsewhere_says_loudly_that_it_made_a_new_secret(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = _todo_api("token", "--sub", "alice", cwd=elsewhere, env={})
+    assert first.returncode == 0, first.stderr
+    made = (elsewhere / ".neondb" / "auth_secret").resolve()
+    assert len(first.stdout.strip().splitlines()) == assert_stdout_line_count
+    assert "new one was made" in first.stderr
+    assert str(made) in first.stderr
+    assert "DB_DATA_DIR" in first.stderr
+    # The secret now exists: the next token is signed with it, silently.
+    second = _todo_api("token", "--sub", "alice", cwd=elsewhere, env={})
+    assert second.stderr == ""
+    secret = made.read_text().strip()
+    assert jwt.decode(second.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "alice"
+
+
+def test_help_shows_flags_as_typed(tmp_path: Path) -> None:
+    result = _todo_api("token", "--help", cwd=tmp_path, env={})
+    assert result.returncode == 0
+    admin = next(line for line in result.stdout.splitlines() if "--admin" in line)
+    assert "<bool>" not in admin
+    assert "<bool>" not in result.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    result = _todo_api("--version", cwd=tmp_path, env={})
+    assert result.returncode == 0
+    assert result.stdout.startswith("todo-api ")
+    assert "neondb " in result.stdout
+
+
+def test_serve_refuses_a_bad_url_in_one_line_before_the_banner(tmp_path: Path) -> None:
+    result = _todo_api("serve", cwd=tmp_path, env={"DATABASE_URL": "garbage"})
+    assert result.returncode == 2
+    assert result.stdout == ""  # no "todo_api on http://..." banner
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0]
+    assert "postgresql://user:password@host:port/database" in lines[0]
+
+
+def test_serve_with_an_unreachable_database_says_so_in_lines(tmp_path: Path) -> None:
+    password = "s3cret-unreachable"
+    url = f"postgresql://app:{password}@127.0.0.1:{_free_port()}/db"
+    result = _todo_api(
+        "serve",
+        "--port",
+        str(_free_port()),
+        cwd=tmp_path,
+        env={"DATABASE_URL": url, "DB_STARTUP_TIMEOUT_S": "2", "AUTH_SECRET": TEST_SECRET},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert password not in output
+    assert "Traceback" not in output
+    # The banner names the database in use, masked, with the driver.
+    assert "database: postgresql://app:***@127.0.0.1" in result.stdout
+    assert "driver asyncpg" in result.stdout
+    attempts = [line for line in output.splitlines() if "database not ready, attempt" in line]
+    assert len(attempts) >= 2
+    assert all(" s spent, " in line and " s left)" in line for line in attempts)
+    final = [line for line in output.splitlines() if "start-up failed" in line]
+    assert final, output
+    assert "DATABASE_URL=postgresql://app:***@127.0.0.1" in final[0]
+    assert "DB_STARTUP_TIMEOUT_S=2" in final[0]
+
+
+def test_serve_gives_an_unresolvable_host_a_short_retry(tmp_path: Path) -> None:
+    # .invalid never resolves (RFC 2606); the start-up timeout is far longer than the retry.
+    url = "postgresql://app:pw@ep-typo-in-the-host.invalid/db"
+    result = _todo_api(
+        "serve",
+        "--port",
+        str(_free_port()),
+        cwd=tmp_path,
+        env={"DATABASE_URL": url, "DB_STARTUP_TIMEOUT_S": "300", "AUTH_SECRET": TEST_SECRET},
+        timeout=100,  # well under the 300 s start-up timeout
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    final = [line for line in output.splitlines() if "start-up failed" in line]
+    assert final, output
+    assert "does not resolve" in final[0]
+    assert "ep-typo-in-the-host.invalid" in final[0]
+
+
+def test_serve_banner_names_a_pooler_and_the_driver_picked(tmp_path: Path) -> None:
+    url = "postgresql://app:pw@127.0.0.1:1/db"
+    result = _todo_api(
+        "serve",
+        cwd=tmp_path,
+        env={
+            "DATABASE_URL": url,
+            "DB_POOLER": "transaction",
+            "DB_SERVERLESS": "true",
+            "DB_STARTUP_TIMEOUT_S": "0",
+            "DB_RETRY_ATTEMPTS": "1",
+            "AUTH_SECRET": TEST_SECRET,
+        },
+    )
+    banner = next(line for line in result.stdout.splitlines() if line.startswith("database: "))
+    assert banner == (
+        "database: postgresql://app:***@127.0.0.1:1/db, driver psycopg, "
+        "behind a transaction pooler, serverless (no pool between requests)"
+    )

@@ -29,26 +29,21 @@ from neondb.errors import (
     classify,
     is_timeout,
     is_transient,
+    is_unresolvable,
 )
-from neondb.extras import installed
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, Driver
+from neondb.target import Target, choose_driver, is_behind_pooler, parse_setting
 from neondb.url import DatabaseURL, parse_url
 
 __all__ = ["Database"]
 
 log = logging.getLogger("neondb")
 SessionKind = Literal["transaction", "autocommit", "read"]
-
-
-def default_driver(*, pooler: bool) -> Driver:
-    """The driver used when neither DB_DRIVER nor the URL names one (see `Database.driver`)."""
-    preferred: Driver = "psycopg" if pooler else "asyncpg"
-    other: Driver = "asyncpg" if pooler else "psycopg"
-    if not installed(preferred) and installed(other):
-        return other
-    return preferred
+# A host name that does not resolve is most likely a typo: retried this long, not the whole
+# start-up wait (DNS can fail briefly, so not zero).
+UNRESOLVED_HOST_WAIT_S = 3.0
 
 
 class Database:
@@ -79,21 +74,18 @@ class Database:
 
     @property
     def driver(self) -> Driver:
-        """DB_DRIVER, else the URL's (`+asyncpg`/`+psycopg`), else psycopg behind a
-        transaction pooler (asyncpg cannot cache statements there and pays two round trips
-        for each: prepare, then execute; psycopg sends both in one), else asyncpg. A
-        default the environment lacks gives way to the driver that is installed."""
-        if self.settings.db_driver:
-            return self.settings.db_driver
-        hint = self.url.driver_hint if self.url else None
-        return hint or default_driver(pooler=self.behind_pooler())
+        """The driver in use (see `neondb.target.choose_driver`)."""
+        pooler = self.behind_pooler()
+        return choose_driver(self.settings, self.url, pooler=pooler)[0]
+
+    def describe(self) -> str:
+        """One line naming the database this layer will use, without connecting (the
+        embedded server and its data folder, or the masked URL), the driver, and whether a
+        pooler or serverless mode is on. Raises ConfigurationError for a bad URL."""
+        return Target.from_settings(self.settings, self.url).describe()
 
     def behind_pooler(self, url: DatabaseURL | None = None) -> bool:
-        mode = self.settings.db_pooler
-        if mode != "auto":
-            return mode == "transaction"
-        url = url or self.url
-        return bool(url and url.is_pooler)
+        return is_behind_pooler(self.settings, url or self.url)[0]
 
     @property
     def engine(self) -> AsyncEngine:
@@ -113,7 +105,7 @@ class Database:
             if self.embedded is None:  # sync_engine() may have started it already
                 self.embedded = EmbeddedServer(self.settings.db_data_dir)
             return parse_url(self.embedded.start())
-        return parse_url(raw.get_secret_value())
+        return parse_setting("DATABASE_URL", raw.get_secret_value())
 
     def _breaker_changed(self, state: str) -> None:
         if state == "open":
@@ -155,7 +147,8 @@ class Database:
 
     async def _start(self, wait_s: float | None) -> None:
         if self.settings.database_read_url is not None:
-            self.read_url = parse_url(self.settings.database_read_url.get_secret_value())
+            raw = self.settings.database_read_url.get_secret_value()
+            self.read_url = parse_setting("DATABASE_READ_URL", raw)
         self.url = self._resolve_url()
         self._engine = self._build(self.url)
         if self.read_url is not None:
@@ -166,24 +159,36 @@ class Database:
             "read": self._maker(self.read_engine, "read"),
         }
         metrics.register_database(self)
-        log.info(
-            "database %s: %s via %s%s%s",
-            self.name,
-            self.url.display,
-            self.driver,
-            ", behind a transaction pooler" if self.behind_pooler() else "",
-            ", serverless (no pool)" if self.settings.db_serverless else "",
-        )
+        log.info("database %s: %s", self.name, self.describe())
         wait = self.settings.db_startup_timeout_s if wait_s is None else wait_s
         await self._wait_until_ready(wait)
 
+    def _target(self) -> str:
+        """Where the database is, for messages: the variable and its masked value."""
+        if self.settings.database_url is None:
+            data = self.embedded.pgdata if self.embedded else self.settings.db_data_dir
+            return f"the embedded server (data in {data})"
+        return f"DATABASE_URL={self.url.display if self.url else '(unparsed)'}"
+
     async def _wait_until_ready(self, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
+        """Warm the pool, retrying with backoff while the database is unreachable: one log
+        line per failed attempt with the time spent and left; a host name that does not
+        resolve (most likely a typo) gets a short retry, not the whole wait."""
+        started = time.monotonic()
+        deadline = started + wait_s
         backoff = max(self.settings.db_retry_backoff_s, 0.05)
+        attempt = 0
         while True:
+            attempt += 1
             self.breaker.reset()  # start-up has its own patience; do not fail fast yet
             try:
                 await self._warm()
+                if attempt > 1:
+                    log.info(
+                        "database ready after %d attempts (%.1f s)",
+                        attempt,
+                        time.monotonic() - started,
+                    )
                 return
             except Exception as e:
                 mapped = classify(e)
@@ -191,12 +196,29 @@ class Database:
                     is_transient(e) or is_timeout(e)
                 ):
                     raise  # a refused login or a bad certificate will not heal by waiting
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if is_unresolvable(e):
+                    deadline = min(deadline, started + UNRESOLVED_HOST_WAIT_S)
+                left = deadline - now
                 if left <= 0:
+                    limit = (
+                        f"the host name does not resolve (check the host in {self._target()})"
+                        if is_unresolvable(e)
+                        else f"{self._target()} not reachable within "
+                        f"DB_STARTUP_TIMEOUT_S={wait_s:g} s"
+                    )
                     raise DatabaseUnavailableError(
-                        f"database not reachable after {wait_s:.0f} s of start-up: {mapped}"
+                        f"database start-up failed after {attempt} attempts "
+                        f"({now - started:.1f} s): {limit}; last error: {mapped}",
+                        orig=e,
                     ) from e
-                log.warning("database not ready (%s); retrying in %.1f s", mapped, backoff)
+                log.warning(
+                    "database not ready, attempt %d (%.1f s spent, %.1f s left): %s",
+                    attempt,
+                    now - started,
+                    left,
+                    mapped,
+                )
                 await asyncio.sleep(min(backoff, left))
                 backoff = min(backoff * 2, 2.0)
 

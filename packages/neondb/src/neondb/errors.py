@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "is_login_rejected",
     "is_timeout",
     "is_transient",
+    "is_unresolvable",
     "sqlstate_of",
 ]
 
@@ -235,6 +237,15 @@ def is_login_rejected(exc: BaseException) -> bool:
         return code.startswith("28") or code == "3D000"
     return any(
         "fatal" in (text := str(e).lower()) and any(m in text for m in LOGIN_REJECTED_MESSAGES)
+        for e in exception_chain(exc)
+    )
+
+
+def is_unresolvable(exc: BaseException) -> bool:
+    """The host name does not resolve (asyncpg: socket.gaierror; libpq: its message)."""
+    return any(
+        isinstance(e, socket.gaierror)
+        or any(m in str(e).lower() for m in ("failed to resolve host", "could not translate host"))
         for e in exception_chain(exc)
     )
 

@@ -102,6 +102,18 @@ async def _handle_sqlalchemy_error(request: Request, exc: Exception) -> Response
     return await _handle_neondb_error(request, mapped)
 
 
+def _warn_about_event_handlers(app: FastAPI) -> None:
+    handlers = [*app.router.on_startup, *app.router.on_shutdown]
+    if handlers:
+        names = ", ".join(getattr(h, "__name__", repr(h)) for h in handlers)
+        log.warning(
+            "FastAPI will not run the @app.on_event handlers of this app (%s) because it "
+            "uses NeonDB.lifespan: move that code into a lifespan that wraps neon.lifespan "
+            "(see the README, 'Your own start-up code')",
+            names,
+        )
+
+
 class NeonDB:
     """Wires a `Database` into a FastAPI app."""
 
@@ -118,8 +130,18 @@ class NeonDB:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        """Start (waiting for a waking compute), migrate if asked, serve, dispose."""
-        await self.db.start()
+        """Start (waiting for a waking compute), migrate if asked, serve, dispose.
+
+        FastAPI runs no `@app.on_event("startup")` handler once a lifespan is set: to run
+        your own start-up code, wrap this one (`async with neon.lifespan(app): ...; yield`).
+        """
+        _warn_about_event_handlers(app)
+        try:
+            await self.db.start()
+        except NeonDBError as e:
+            # One line that says what to fix; the chained traceback only when debugging.
+            log.error("start-up failed: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+            raise
         try:
             if self.migrations is not None and self.settings.db_migrate_on_start:
                 await self.migrations.upgrade(self.db)

@@ -40,6 +40,7 @@ __all__ = [
     "User",
     "current_user",
     "dev_secret",
+    "dev_secret_path",
     "issue_token",
     "require_admin",
 ]
@@ -72,12 +73,17 @@ def issue_token(secret: str, sub: str, *, admin: bool = False, ttl_s: int = 3600
     return jwt.encode(claims, secret, algorithm=HMAC_ALGORITHM)
 
 
+def dev_secret_path(data_dir: Path) -> Path:
+    """Where the development signing secret lives."""
+    return data_dir / SECRET_FILE
+
+
 def dev_secret(data_dir: Path) -> str:
     """The development signing secret: read from `data_dir/auth_secret`, generated there
     on first use. Safe when several processes start at once (the file appears atomically,
     the first one wins)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / SECRET_FILE
+    path = dev_secret_path(data_dir)
     if not path.exists():
         tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

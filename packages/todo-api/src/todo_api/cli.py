@@ -8,12 +8,14 @@ todo-api migrate [--check]
 from __future__ import annotations
 
 import asyncio
+import logging
+from importlib.metadata import version
 from typing import Annotated
 
 import typer
 
 from neondb import ConfigurationError, Database, MigrationDriftError, NeonDBError, load_settings
-from todo_api.auth import Authenticator, issue_token
+from todo_api.auth import Authenticator, dev_secret_path, issue_token
 from todo_api.models import MIGRATIONS
 from todo_api.settings import AppSettings
 
@@ -24,23 +26,56 @@ main = typer.Typer(
     help="The todo_api service: serve it, get a token, migrate.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain Click help: flags shown as they are typed (rich's shows `--admin <bool>`).
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"todo-api {version('todo-api')} (neondb {version('neondb')})")
+        raise typer.Exit()
+
+
+@main.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """The todo_api service: serve it, get a token, migrate."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 def _settings() -> AppSettings:
     try:
         return load_settings(AppSettings)
     except ConfigurationError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
 
 
 def _authenticator(settings: AppSettings) -> Authenticator:
     try:
         return Authenticator.from_settings(settings)
     except ConfigurationError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
+
+
+class _OneLineTracebacks(logging.Filter):
+    """uvicorn logs a failed start-up as the whole chained traceback; neondb has already
+    said what to fix in one line, so keep only the traceback's last line unless debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Traceback") and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            record.msg, record.args = message.rstrip().splitlines()[-1], None
+        return True
 
 
 @main.command()
@@ -52,15 +87,22 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    try:
+        database = Database(settings).describe()  # a bad URL stops here, before binding
+    except ConfigurationError as e:
+        raise _fail(str(e)) from None
     _authenticator(settings)  # refuse to start without keys in production, before binding
     host = host or settings.host
     port = port or settings.port
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"todo_api on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
+    typer.echo(f"database: {database}")
     if settings.auth_secret is None and settings.auth_jwks_url is None:
         typer.echo("get a token: todo-api token --sub alice")
     else:
         typer.echo("get a token: todo-api token --sub alice (signed with AUTH_SECRET)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(_OneLineTracebacks())
     uvicorn.run("todo_api.app:create_app", factory=True, host=host, port=port)
 
 
@@ -72,10 +114,25 @@ def token(
 ) -> None:
     """Print a bearer token signed with AUTH_SECRET (in development: the generated one)."""
     settings = _settings()
+    created = (
+        settings.auth_secret is None
+        and settings.auth_jwks_url is None
+        and not dev_secret_path(settings.db_data_dir).exists()
+    )
     auth = _authenticator(settings)
     if auth.secret is None:
-        typer.echo("error: no AUTH_SECRET: tokens come from your identity provider", err=True)
-        raise typer.Exit(2)
+        raise _fail("no AUTH_SECRET: tokens come from your identity provider (AUTH_JWKS_URL)")
+    if created:
+        # The server reads the secret from its own DB_DATA_DIR: a token signed with a new
+        # one made here is refused (401) by a server started from another folder.
+        path = dev_secret_path(settings.db_data_dir).resolve()
+        typer.echo(
+            f"warning: no development secret was found, so a new one was made in {path}. "
+            "A server started from another folder uses its own DB_DATA_DIR and will answer "
+            "401 to this token: run this command where you run the server, or set "
+            "DB_DATA_DIR (or AUTH_SECRET) to the same value for both.",
+            err=True,
+        )
     typer.echo(issue_token(auth.secret, sub, admin=admin, ttl_s=ttl_s))
 
 
