@@ -54,9 +54,8 @@ async def test_own_start_up_code_in_a_lifespan_that_wraps_neondbs(
             yield
 
     app = FastAPI(lifespan=lifespan)
-    async with LifespanManager(app):
-        async with neon.db.read_session() as s:
-            found = await s.scalar(text("SELECT to_regclass('made_at_start') IS NOT NULL"))
+    async with LifespanManager(app), neon.db.read_session() as s:
+        found = await s.scalar(text("SELECT to_regclass('made_at_start') IS NOT NULL"))
     assert found is True
 
 
