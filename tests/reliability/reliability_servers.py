@@ -195,14 +195,36 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: floa
 
 
 def start_pgbouncer_process(
-    upstream_port: int, users: list[str], *, pool_size: int = 10
+    upstream_port: int,
+    users: list[str] | dict[str, str],
+    *,
+    pool_size: int = 10,
+    tls_dir: Path | None = None,
 ) -> PgBouncer:
     """PgBouncer in transaction mode on a free loopback port, forwarding every database to
-    127.0.0.1:`upstream_port`. Trust auth for `users`. Runs as `postgres` when we are root
-    (PgBouncer refuses root). RuntimeError, with its log, if it does not come up."""
+    127.0.0.1:`upstream_port`. Runs as `postgres` when we are root (PgBouncer refuses
+    root). RuntimeError, with its log, if it does not come up.
+
+    `users` as a list: trust auth, plain TCP. As a dict of passwords with `tls_dir` (a
+    folder holding server.crt and server.key): as Neon's pooler is reached, TLS required
+    from clients and SCRAM passwords, and TLS with SCRAM to the upstream server."""
     base = Path(tempfile.mkdtemp(prefix="neondb-pgbouncer-"))
     port = free_port()
-    (base / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in users))
+    passwords = users if isinstance(users, dict) else dict.fromkeys(users, "")
+    (base / "userlist.txt").write_text("".join(f'"{u}" "{p}"\n' for u, p in passwords.items()))
+    if tls_dir is None:
+        auth = "auth_type = trust\n"
+    else:
+        for name in ("server.crt", "server.key"):
+            shutil.copy(tls_dir / name, base / name)
+        (base / "server.key").chmod(0o600)
+        auth = (
+            "auth_type = scram-sha-256\n"
+            "client_tls_sslmode = require\n"
+            f"client_tls_cert_file = {base / 'server.crt'}\n"
+            f"client_tls_key_file = {base / 'server.key'}\n"
+            "server_tls_sslmode = require\n"
+        )
     (base / "pgbouncer.ini").write_text(
         "[databases]\n"
         f"* = host=127.0.0.1 port={upstream_port}\n"
@@ -210,7 +232,7 @@ def start_pgbouncer_process(
         "listen_addr = 127.0.0.1\n"
         f"listen_port = {port}\n"
         "unix_socket_dir =\n"
-        "auth_type = trust\n"
+        f"{auth}"
         f"auth_file = {base / 'userlist.txt'}\n"
         "pool_mode = transaction\n"
         f"default_pool_size = {pool_size}\n"

@@ -349,6 +349,16 @@ class Database:
                     await session.flush()
             except Exception as e:
                 await _quiet_rollback(session)
+                flushes = session.info.get("neondb.flushes", 0)
+                if kind == "autocommit" and flushes:
+                    log.warning(
+                        "an autocommit session failed (%s) after %d ORM flush(es) that had "
+                        "already committed, each on its own: they are not rolled back. Use a "
+                        "transaction (DbSession, db.session()) for add()/flush()/commit() work "
+                        "that must succeed or fail together",
+                        type(e).__name__,
+                        flushes,
+                    )
                 # Errors from session methods that NeonSession does not wrap (get, flush,
                 # refresh, ...) get the same mapping: a 503, not a 500. Before COMMIT a
                 # transaction's outcome is known (rolled back); an autocommit write's is not.

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Select, event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.visitors import iterate
@@ -48,12 +50,24 @@ def is_read_statement(statement: Any) -> bool:
     return False
 
 
+class NeonSyncSession(Session):
+    """The synchronous half of a `NeonSession`: counts ORM flushes in `info`, so that an
+    autocommit session that fails after a flush can say its earlier writes stay."""
+
+
+@event.listens_for(NeonSyncSession, "after_flush")
+def _count_flush(session: Session, flush_context: UOWTransaction) -> None:
+    session.info["neondb.flushes"] = session.info.get("neondb.flushes", 0) + 1
+
+
 class NeonSession(AsyncSession):
     """AsyncSession with safe retries, a client-side statement backstop and mapped errors.
 
     `info` keys set by `Database`: `neondb.read_only`, `neondb.autocommit`,
     `neondb.retry` (attempts, backoff_s), `neondb.backstop_s`, `neondb.observe`.
     """
+
+    sync_session_class = NeonSyncSession
 
     async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
         return await self._guarded(super().execute, statement, *args, **kw)
@@ -63,6 +77,17 @@ class NeonSession(AsyncSession):
 
     async def scalars(self, statement: Any, *args: Any, **kw: Any) -> Any:
         return await self._guarded(super().scalars, statement, *args, **kw)
+
+    async def exec(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        """SQLModel's `session.exec()`, so code written for SQLModel's AsyncSession runs
+        unchanged: the rows' scalars for `sqlmodel.select(Model)`, else the result."""
+        result = await self.execute(statement, *args, **kw)
+        # Only a statement made by sqlmodel can be one, so its module is loaded by then.
+        expression = sys.modules.get("sqlmodel.sql.expression")
+        scalar_select = getattr(expression, "SelectOfScalar", None)
+        if scalar_select is not None and isinstance(statement, scalar_select):
+            return result.scalars()
+        return result
 
     async def commit(self) -> None:
         try:
