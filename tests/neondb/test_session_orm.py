@@ -4,6 +4,7 @@ autocommit mode, and the warning when autocommit keeps writes of a failed unit o
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from neondb_support import Base, Item, make_settings
@@ -27,15 +28,20 @@ async def count(db: Database) -> int:
         return int(await s.scalar(select(func.count()).select_from(Item)) or 0)
 
 
+async def fail_after_a_flush(session: Any) -> None:
+    """A unit of work that writes, flushes, adds more, then fails."""
+    async with session as s:
+        s.add(Item(name="first"))
+        await s.flush()  # in autocommit mode this commits on its own
+        s.add(Item(name="second"))  # never flushed
+        raise RuntimeError("the route failed after its first write")
+
+
 async def test_a_transaction_rolls_back_flushed_orm_writes(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="neondb"), pytest.raises(RuntimeError):
-        async with db.session() as s:
-            s.add(Item(name="first"))
-            await s.flush()
-            s.add(Item(name="second"))
-            raise RuntimeError("the route failed after its first write")
+        await fail_after_a_flush(db.session())
     assert await count(db) == 0
     assert "ORM flush" not in caplog.text
 
@@ -44,11 +50,7 @@ async def test_autocommit_keeps_flushed_writes_and_says_so(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="neondb"), pytest.raises(RuntimeError):
-        async with db.autocommit() as s:
-            s.add(Item(name="first"))
-            await s.flush()  # commits on its own
-            s.add(Item(name="second"))  # never flushed: dropped
-            raise RuntimeError("the route failed after its first write")
+        await fail_after_a_flush(db.autocommit())
     assert await count(db) == 1
     warnings = [r.getMessage() for r in caplog.records if "ORM flush" in r.getMessage()]
     assert len(warnings) == 1
