@@ -26,6 +26,7 @@ from neondb.errors import (
     WriteOutcomeUnknownError,
 )
 from neondb.health import database_health
+from neondb.logs import RequestContextMiddleware, current_request_id, logging_config
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, load_settings
@@ -54,10 +55,13 @@ __all__ = [
     "PoolExhaustedError",
     "QueryTimeoutError",
     "ReadSession",
+    "RequestContextMiddleware",
     "WriteOutcomeUnknownError",
+    "current_request_id",
     "database_health",
     "get_database",
     "load_settings",
+    "logging_config",
     "parse_url",
 ]
 

@@ -33,6 +33,7 @@ except ImportError as e:
 from neondb.database import Database
 from neondb.errors import NeonDBError, classify, retry_after_header
 from neondb.health import database_health
+from neondb.logs import RequestContextMiddleware
 from neondb.migrations import Migrations
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings
@@ -157,9 +158,13 @@ class NeonDB:
         admin: Callable[..., Any] | None = None,
         metrics: bool = True,
         tags: Sequence[str] = ("health",),
+        access_log: bool = False,
     ) -> None:
-        """Add the error handlers and the routes `/health`, `/health/db`, `/metrics`, and
-        `/admin/db/pool-stats` when an `admin` dependency is given."""
+        """Add the error handlers, the request-id middleware (`X-Request-ID` echoed or made,
+        on every log line; an access line per request with `access_log`), and the routes
+        `/health`, `/health/db`, `/metrics`, and `/admin/db/pool-stats` when an `admin`
+        dependency is given."""
+        app.add_middleware(RequestContextMiddleware, access_log=access_log)
         app.add_exception_handler(NeonDBError, _handle_neondb_error)
         app.add_exception_handler(SQLAlchemyError, _handle_sqlalchemy_error)
         app.include_router(health_router(admin=admin, metrics=metrics, tags=list(tags)))

@@ -107,7 +107,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     )
     app.state.auth = auth
     app.state.settings = settings
-    neon.install(app, admin=require_admin)
+    neon.install(app, admin=require_admin, access_log=settings.access_log)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _rejected_by_database)
     app.add_exception_handler(IntegrityError, _rejected_by_database)

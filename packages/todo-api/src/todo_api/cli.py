@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from importlib.metadata import version
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from neondb import ConfigurationError, Database, MigrationDriftError, NeonDBError, load_settings
+from neondb import (
+    ConfigurationError,
+    Database,
+    MigrationDriftError,
+    NeonDBError,
+    load_settings,
+    logging_config,
+)
+from neondb.extras import installed
 from todo_api.auth import Authenticator, dev_secret_path, issue_token
 from todo_api.models import MIGRATIONS
 from todo_api.settings import AppSettings
@@ -67,7 +76,7 @@ def _authenticator(settings: AppSettings) -> Authenticator:
         raise _fail(str(e)) from None
 
 
-class _OneLineTracebacks(logging.Filter):
+class OneLineTracebacks(logging.Filter):
     """uvicorn logs a failed start-up as the whole chained traceback; neondb has already
     said what to fix in one line, so keep only the traceback's last line unless debugging."""
 
@@ -78,12 +87,33 @@ class _OneLineTracebacks(logging.Filter):
         return True
 
 
+def log_config(settings: AppSettings) -> dict[str, Any]:
+    """neondb's logging setup (text or JSON, request ids) with uvicorn's start-up
+    tracebacks cut to one line; every worker process applies it."""
+    config = logging_config(settings.app_log_format, settings.app_log_level)
+    config["filters"]["one_line_tracebacks"] = {"()": f"{__name__}.OneLineTracebacks"}
+    config["loggers"]["uvicorn.error"]["filters"] = ["one_line_tracebacks"]
+    return config
+
+
+def default_workers(settings: AppSettings) -> int:
+    """One process in development; one per core in production."""
+    return (os.cpu_count() or 1) if settings.app_env == "production" else 1
+
+
 @main.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="listen address (default: HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: PORT)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="processes (default: 1 in development, one per core in production)"
+        ),
+    ] = None,
 ) -> None:
-    """Start the API with uvicorn (embedded PostgreSQL when DATABASE_URL is unset)."""
+    """Start the API with uvicorn, uvloop and httptools (embedded PostgreSQL when
+    DATABASE_URL is unset)."""
     import uvicorn
 
     settings = _settings()
@@ -94,16 +124,26 @@ def serve(
     _authenticator(settings)  # refuse to start without keys in production, before binding
     host = host or settings.host
     port = port or settings.port
+    workers = workers or default_workers(settings)
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"todo_api on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    typer.echo(f"todo_api on http://{shown}:{port} (docs: http://{shown}:{port}/docs){processes}")
     typer.echo(f"database: {database}")
     if settings.auth_secret is None and settings.auth_jwks_url is None:
         typer.echo("get a token: todo-api token --sub alice")
     else:
         typer.echo("get a token: todo-api token --sub alice (signed with AUTH_SECRET)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.error").addFilter(_OneLineTracebacks())
-    uvicorn.run("todo_api.app:create_app", factory=True, host=host, port=port)
+    uvicorn.run(
+        "todo_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop" if installed("uvloop") else "asyncio",
+        http="httptools" if installed("httptools") else "h11",
+        log_config=log_config(settings),
+        access_log=False,  # the request-context middleware writes a cheaper one (APP_ACCESS_LOG)
+    )
 
 
 @main.command()

@@ -19,8 +19,16 @@ class AppSettings(DatabaseSettings):
     * `AUTH_JWKS_URL`: the identity provider's JWKS (EdDSA, RS256, ES256... tokens);
     * `AUTH_AUDIENCE` / `AUTH_ISSUER`: when set, tokens must carry this `aud` / `iss`;
     * `APP_ENV`: `production` refuses to start without `AUTH_SECRET` or `AUTH_JWKS_URL`;
+    * `APP_LOG_FORMAT` / `APP_LOG_LEVEL`: `text` or `json` lines, and the level;
+    * `APP_ACCESS_LOG`: a line per request (default: on in development, off in production);
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
+
+    @property
+    def access_log(self) -> bool:
+        if self.app_access_log is None:
+            return self.app_env == "development"
+        return self.app_access_log
 
     auth_secret: SecretStr | None = Field(default=None, description="HS256 signing key")
     auth_jwks_url: str | None = Field(default=None, description="JWKS URL of the issuer")
@@ -28,5 +36,14 @@ class AppSettings(DatabaseSettings):
     auth_issuer: str | None = Field(default=None, description="required `iss` claim")
     auth_leeway_s: float = Field(default=30.0, ge=0, le=600, description="clock skew allowed")
     app_env: Literal["development", "production"] = "development"
+    app_log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines: readable text, or JSON (one object per line)"
+    )
+    app_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    app_access_log: bool | None = Field(
+        default=None,
+        description="one line per request (never the query's values); unset: on in "
+        "development, off in production",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
