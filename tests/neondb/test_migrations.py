@@ -4,17 +4,21 @@ drift from the models detected. Each test has its own schema (neondb_schema_url)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from neondb_support import make_settings, open_database
+from neondb_support import make_settings, open_database, upstream_of
+from reliability_servers import start_pgbouncer_process
 from sqlalchemy import Column, Integer, MetaData, Table, Text, text
 
-from neondb import Database, MigrationDriftError, Migrations, NeonDB
+from neondb import Database, MigrationDriftError, Migrations, NeonDB, parse_url
+from neondb.proxy import FaultProxy
+from neondb.target import direct_url
 from neondb.testing import admin_execute
 
 ENV_PY = """
@@ -188,3 +192,62 @@ async def test_upgrade_runs_without_the_statement_timeout(
         "WHERE schemaname = current_schema() AND indexname = 'items_name'",
     )
     assert indexes == [(1,)]
+
+
+async def test_upgrade_reports_the_revisions_and_downgrade(scripts: Path, db: Database) -> None:
+    migrations = Migrations(scripts, models())
+    assert await migrations.upgrade(db) == (None, "0001")
+    assert await migrations.upgrade(db) == ("0001", "0001")
+    assert await migrations.downgrade(db, "base") == ("0001", None)
+    assert await migrations.current(db) is None
+
+
+def test_direct_url_drops_pooler_from_the_host() -> None:
+    host = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
+    pooled = parse_url(f"postgresql://alex:pw@{host}/neondb?sslmode=require")
+    direct = direct_url(make_settings(None), pooled)
+    assert direct is not None
+    assert direct.host == "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
+    assert direct.url.password == "pw"
+    assert direct.param("sslmode") == "require"
+    assert direct_url(make_settings(None), direct) is None  # already direct
+    given = make_settings(None, database_direct_url="postgresql://u@10.0.0.1/db")
+    assert direct_url(given, pooled).host == "10.0.0.1"  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def fresh_database(neondb_server_url: str) -> Iterator[str]:
+    """A database of its own: PgBouncer passes no `options`, so no schema per test."""
+    name = f"direct_{uuid.uuid4().hex[:10]}"
+    admin_execute(neondb_server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        admin_execute(neondb_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_behind_a_pooler_migrations_use_the_direct_endpoint(
+    scripts: Path, neondb_server_url: str, fresh_database: str, driver: str
+) -> None:
+    """DATABASE_URL through PgBouncer (transaction mode), DATABASE_DIRECT_URL straight to
+    the server: the app's statements go through the pooler, the migration does not."""
+    host, port = upstream_of(neondb_server_url)
+    with FaultProxy(host, port) as to_pooler_upstream, FaultProxy(host, port) as direct:
+        bouncer = start_pgbouncer_process(to_pooler_upstream.port, ["postgres"])
+        try:
+            async with open_database(
+                f"postgresql://postgres@127.0.0.1:{bouncer.port}/{fresh_database}",
+                database_direct_url=(
+                    f"postgresql://postgres@127.0.0.1:{direct.port}/{fresh_database}"
+                ),
+                db_pooler="transaction",
+                db_driver=driver,
+            ) as db:
+                migrations = Migrations(scripts, models())
+                before = to_pooler_upstream.round_trips
+                assert await migrations.upgrade(db) == (None, "0001")
+                assert to_pooler_upstream.round_trips == before  # nothing via the pooler
+                assert direct.connections == 1
+                assert await migrations.current(db) == "0001"  # visible through the pooler
+        finally:
+            bouncer.stop()

@@ -89,10 +89,10 @@ def test_migrate_and_check(monkeypatch: pytest.MonkeyPatch, neondb_schema_url: s
     assert "revision None" in result.output
     result = runner.invoke(main, ["migrate"])
     assert result.exit_code == 0, result.output
-    assert "database at revision 0001" in result.output
+    assert "database upgraded from revision None to 0001" in result.output
     result = runner.invoke(main, ["migrate", "--check"])
     assert result.exit_code == 0, result.output
-    assert "(checked)" in result.output
+    assert "models match the migrations" in result.output
 
 
 def test_migrate_unreachable_database(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ from neondb.errors import (
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, Driver
-from neondb.target import Target, choose_driver, is_behind_pooler, parse_setting
+from neondb.target import Target, choose_driver, direct_url, is_behind_pooler, parse_setting
 from neondb.url import DatabaseURL, parse_url
 
 __all__ = ["Database"]
@@ -275,6 +275,29 @@ class Database:
                 "could not set the role default (%s). Run `neondb role-timeout` as an owner.",
                 type(e).__name__,
             )
+
+    @asynccontextmanager
+    async def schema_engine(self) -> AsyncIterator[AsyncEngine]:
+        """The engine for schema changes (migrations): behind a transaction pooler, a
+        short-lived one on the direct endpoint (DATABASE_DIRECT_URL, or the URL without
+        `-pooler`), as Neon advises; otherwise the app's own."""
+        direct = direct_url(self.settings, self.url) if self.behind_pooler() else None
+        if direct is None:
+            if self.behind_pooler():
+                log.warning(
+                    "migrations go through the transaction pooler: set DATABASE_DIRECT_URL "
+                    "to run them on the direct endpoint"
+                )
+            yield self.engine
+            return
+        settings = self.settings.model_copy(update={"db_serverless": True})  # no pool kept
+        breaker = CircuitBreaker(settings.db_breaker_failures, settings.db_breaker_reset_s)
+        engine = build_engine(direct, self.driver, settings, pooler=False, breaker=breaker)
+        log.info("schema changes on the direct endpoint %s", direct.display)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
 
     def sync_engine(self) -> Engine:
         """A synchronous engine (psycopg 3) on the same database and settings, for scripts

@@ -52,17 +52,31 @@ class Migrations:
     def head(self) -> str | None:
         return ScriptDirectory.from_config(self.config()).get_current_head()
 
-    async def upgrade(self, db: Database, revision: str = "head") -> None:
-        def run(conn: Connection) -> None:
+    async def upgrade(self, db: Database, revision: str = "head") -> tuple[str | None, str | None]:
+        """Upgrade to `revision`; return the revisions before and after. Several processes
+        starting at once migrate once: the first holds an advisory lock, the others wait
+        for it and then find the database at `revision`."""
+        return await self._change(db, command.upgrade, revision)
+
+    async def downgrade(self, db: Database, revision: str) -> tuple[str | None, str | None]:
+        """Downgrade to `revision` (`-1`, a revision id, or `base`)."""
+        return await self._change(db, command.downgrade, revision)
+
+    async def _change(
+        self, db: Database, step: Any, revision: str
+    ) -> tuple[str | None, str | None]:
+        def run(conn: Connection) -> tuple[str | None, str | None]:
             # A transaction-scoped lock, so it also works behind a transaction pooler.
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
             # A migration may legitimately run longer than a request (an index build): the
             # app's statement_timeout is for requests.
             conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
-            command.upgrade(self.config(conn), revision)
+            before = MigrationContext.configure(conn).get_current_revision()
+            step(self.config(conn), revision)
+            return before, MigrationContext.configure(conn).get_current_revision()
 
-        async with db.engine.begin() as conn:
-            await conn.run_sync(run)
+        async with db.schema_engine() as engine, engine.begin() as conn:
+            return await conn.run_sync(run)
 
     async def current(self, db: Database) -> str | None:
         def run(conn: Connection) -> str | None:

@@ -31,6 +31,10 @@ class DatabaseSettings(BaseSettings):
     database_read_url: SecretStr | None = Field(
         default=None, description="read replica URL for read-only sessions"
     )
+    database_direct_url: SecretStr | None = Field(
+        default=None,
+        description="direct (non-pooler) URL for migrations; unset: DATABASE_URL without -pooler",
+    )
     db_driver: Driver | None = Field(
         default=None,
         description="asyncpg or psycopg; unset: the driver the URL names, else asyncpg",

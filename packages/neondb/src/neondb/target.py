@@ -14,7 +14,7 @@ from neondb.extras import installed
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL, parse_url
 
-__all__ = ["Target", "choose_driver", "is_behind_pooler", "parse_setting"]
+__all__ = ["Target", "choose_driver", "direct_url", "is_behind_pooler", "parse_setting"]
 
 
 def parse_setting(name: str, raw: str) -> DatabaseURL:
@@ -33,6 +33,19 @@ def is_behind_pooler(settings: DatabaseSettings, url: DatabaseURL | None) -> tup
     if url is not None and url.is_pooler:
         return True, "the host name has -pooler (Neon's PgBouncer, transaction mode)"
     return False, "direct endpoint (no -pooler in the host name; DB_POOLER=auto)"
+
+
+def direct_url(settings: DatabaseSettings, url: DatabaseURL | None) -> DatabaseURL | None:
+    """Where schema changes go when the app's URL is a pooler's (Neon: run migrations on the
+    direct endpoint): DATABASE_DIRECT_URL, else the URL with `-pooler` dropped from its
+    host. None when the app's URL is already direct, or no direct URL can be known."""
+    if settings.database_direct_url is not None:
+        return parse_setting("DATABASE_DIRECT_URL", settings.database_direct_url.get_secret_value())
+    if url is None or not url.is_pooler:
+        return None
+    first, _, rest = url.host.partition(".")
+    host = first.replace("-pooler", "") + (f".{rest}" if rest else "")
+    return DatabaseURL(url.url.set(host=host), url.driver_hint)
 
 
 def choose_driver(

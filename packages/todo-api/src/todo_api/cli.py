@@ -2,7 +2,7 @@
 
 todo-api serve                       # http://127.0.0.1:8000 (HOST, PORT), docs at /docs
 todo-api token --sub alice [--admin] [--ttl-s 3600]
-todo-api migrate [--check]
+todo-api db upgrade | downgrade REV | current | check | seed
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -26,9 +27,12 @@ from neondb import (
 from neondb.extras import installed
 from todo_api.auth import Authenticator, dev_secret_path, issue_token
 from todo_api.models import MIGRATIONS
+from todo_api.seed import seed
 from todo_api.settings import AppSettings
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 main = typer.Typer(
     name="todo-api",
@@ -176,33 +180,95 @@ def token(
     typer.echo(issue_token(auth.secret, sub, admin=admin, ttl_s=ttl_s))
 
 
-@main.command()
-def migrate(
-    check: Annotated[
-        bool, typer.Option("--check", help="only check: at head and no drift, else exit 1")
-    ] = False,
-) -> None:
-    """Upgrade the database to the latest migration (or check it is there)."""
-    settings = _settings()
+db_app = typer.Typer(
+    help="The schema and demo data: upgrade, downgrade, current, check, seed.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+main.add_typer(db_app, name="db")
 
-    async def run() -> str | None:
-        db = Database(settings)
-        await db.start()
-        try:
-            if check:
-                await MIGRATIONS.check(db)
-            else:
-                await MIGRATIONS.upgrade(db)
-            return await MIGRATIONS.current(db)
-        finally:
-            await db.stop()
+
+def _with_database(settings: AppSettings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work` on a started Database (no migration at start; one warm connection);
+    a database error is one line on stderr and exit status 1."""
+
+    async def run() -> T:
+        quiet = settings.model_copy(update={"db_migrate_on_start": False, "db_pool_min": 1})
+        async with Database(quiet) as db:
+            return await work(db)
 
     try:
-        revision = asyncio.run(run())
+        return asyncio.run(run())
     except MigrationDriftError as e:
         typer.echo(f"drift: {e}", err=True)
         raise typer.Exit(1) from None
     except NeonDBError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"database at revision {revision}{' (checked)' if check else ''}")
+
+
+def _report(change: tuple[str | None, str | None]) -> str:
+    before, after = change
+    if before == after:
+        return f"database already at revision {after}"
+    return f"database upgraded from revision {before} to {after}"
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+) -> None:
+    """Upgrade the schema (on the direct endpoint when DATABASE_URL is a pooler's).
+    Concurrent runs migrate once."""
+    typer.echo(_report(_with_database(_settings(), lambda db: MIGRATIONS.upgrade(db, revision))))
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="target revision: -1, an id, or base")],
+) -> None:
+    """Downgrade the schema to REVISION."""
+    before, after = _with_database(_settings(), lambda db: MIGRATIONS.downgrade(db, revision))
+    typer.echo(f"database downgraded from revision {before} to {after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema's revision and the migrations' head."""
+    current = _with_database(_settings(), MIGRATIONS.current)
+    typer.echo(f"database at revision {current}; migrations head is {MIGRATIONS.head()}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Exit 1 unless the database is at head and the models match the migrations."""
+    _with_database(_settings(), MIGRATIONS.check)
+    typer.echo(f"database at revision {MIGRATIONS.head()}; models match the migrations")
+
+
+@db_app.command("seed")
+def db_seed(
+    user: Annotated[str, typer.Option(help="the demo user's id (the token's sub)")] = "demo",
+) -> None:
+    """Load demo data for USER (upgrading first); running it again adds nothing."""
+
+    async def run(db: Database) -> dict[str, int]:
+        await MIGRATIONS.upgrade(db)
+        return await seed(db, user)
+
+    added = _with_database(_settings(), run)
+    typer.echo(
+        f"seeded {added['tasks']} tasks, {added['conversations']} conversations and "
+        f"{added['messages']} messages for {user!r} (token: todo-api token --sub {user})"
+    )
+
+
+@main.command(hidden=True)
+def migrate(
+    check: Annotated[bool, typer.Option("--check", help="only check")] = False,
+) -> None:
+    """Old name of `db upgrade` (and `db check` with --check)."""
+    if check:
+        db_check()
+    else:
+        db_upgrade("head")
