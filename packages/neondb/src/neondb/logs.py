@@ -65,7 +65,7 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, the record's
+    """One JSON object per line: time, level, logger, message, request_id, pid, the record's
     `extra` fields, and the traceback as one string. Written here: a dozen lines, where
     python-json-logger would be one more dependency for the same."""
 
@@ -76,6 +76,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or _request_id.get(),
+            # With several worker processes, which one wrote the line.
+            "pid": record.process,
         }
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and key not in out and not key.startswith("_"):
