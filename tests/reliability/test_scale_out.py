@@ -73,11 +73,15 @@ def workers_of(server: subprocess.Popen[str]) -> list[psutil.Process]:
     return [p for p in children if any("spawn_main" in part for part in p.cmdline())]
 
 
+def output_of(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")
+
+
 async def wait_ready(base: str, server: subprocess.Popen[str], log_path: Path) -> None:
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(base_url=base, timeout=5) as client:
         while time.monotonic() < deadline:
-            assert server.poll() is None, log_path.read_text()
+            assert server.poll() is None, output_of(log_path)
             try:
                 ready = [(await client.get("/health/db")).status_code for _ in range(4)]
                 if ready == [200] * 4 and len(workers_of(server)) == 2:
@@ -85,7 +89,7 @@ async def wait_ready(base: str, server: subprocess.Popen[str], log_path: Path) -
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.2)
-    pytest.fail(f"todo-api serve --workers 2 did not become ready:\n{log_path.read_text()}")
+    pytest.fail(f"todo-api serve --workers 2 did not become ready:\n{output_of(log_path)}")
 
 
 @pytest.mark.timeout(180)
@@ -116,7 +120,7 @@ async def test_two_workers_behind_pgbouncer_serve_and_keep_every_write(
 
     # Both processes answered requests: each access line carries its writer's pid.
     pids = {p.pid for p in workers_of(server)}
-    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in output_of(log_path).splitlines() if x.startswith("{")]
     served = Counter(
         rec["pid"]
         for rec in lines
