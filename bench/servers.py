@@ -295,6 +295,7 @@ class AppServer:
     def wait_ready(self, headers: dict[str, str], timeout_s: float = 60) -> None:
         """Until a list answers 200 (the pool is up and the schema is there)."""
         deadline = time.monotonic() + timeout_s
+        last = "no answer"
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=10) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -305,10 +306,11 @@ class AppServer:
                     r = client.get("/api/tasks", params={"limit": 1})
                     if r.status_code == 200:
                         return
-                except httpx.HTTPError:
-                    pass
+                    last = f"{r.status_code} {r.text[:300]}"
+                except httpx.HTTPError as e:
+                    last = type(e).__name__
                 time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout_s:g} s:\n{self.tail()}")
+        raise RuntimeError(f"server not ready after {timeout_s:g} s ({last}):\n{self.tail()}")
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
