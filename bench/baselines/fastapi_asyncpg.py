@@ -6,7 +6,6 @@ an asyncpg pool released without a reset query. `BENCH_AUTH=0` turns authenticat
 caller comes from `X-User`), for comparing with the apps that have none.
 """
 
-
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager

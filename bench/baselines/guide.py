@@ -5,7 +5,6 @@ dependency that commits on exit (reads too), `refresh()` after a commit, and a s
 `count()` for a page's total. No authentication (the caller comes from `X-User`).
 """
 
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any

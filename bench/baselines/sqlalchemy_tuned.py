@@ -7,7 +7,6 @@ AUTOCOMMIT session (no BEGIN/ROLLBACK around a SELECT), `expire_on_commit=False`
 a `refresh()`. Writes stay in a transaction (`add`, `commit`), as ORM code should.
 """
 
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
