@@ -212,12 +212,13 @@ class PgBouncer:
             for p in [base, *base.iterdir()]:
                 os.chown(p, entry.pw_uid, entry.pw_gid)
             run_as = {"user": owner}
-        process = subprocess.Popen(
-            [exe, "--quiet", str(ini)],
-            stdout=subprocess.DEVNULL,
-            stderr=(base / "stderr.log").open("wb"),
-            **run_as,  # type: ignore[call-overload]
-        )
+        with (base / "stderr.log").open("wb") as stderr:
+            process = subprocess.Popen(
+                [exe, "--quiet", str(ini)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                **run_as,  # type: ignore[call-overload]
+            )
         bouncer = cls(port, base, process)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
