@@ -47,8 +47,11 @@ lint: install-dev
 system-deps:
 	@bash .ci/system-deps
 
+# `make bench QUICK=1`: every app, 32 clients, 1 s per figure (under 2 minutes); the full run
+# takes about 12. Results in bench/results/ (latest.md, latest.png, latest.json).
+QUICK ?=
 bench: install-dev system-deps
-	$(BIN)/python -m bench.run
+	QUICK="$(QUICK)" $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .neondb .pytest_cache .mypy_cache .ruff_cache

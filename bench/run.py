@@ -1,186 +1,41 @@
-"""`make bench`: round trips per request and latency under load, todo_api vs the guide pattern.
+"""`make bench`: todo_api and neondb side by side with their baselines, measured in one run.
 
-Both apps run under uvicorn (one process each, in turn) against the same PostgreSQL (the
-embedded server, or DATABASE_URL) through a FaultProxy that adds BENCH_RTT_MS of network
-round-trip time (default 4 ms, a same-region Neon hop) and counts round trips. Results go to
-bench/results/latest.md (table, commit, machine) and bench/results/latest.png.
-
-Environment: BENCH_RTT_MS, BENCH_SECONDS (per load level, default 5), BENCH_LEVELS
-(concurrency levels, default "1,16,64"), BENCH_TARGETS ("todo_api", "guide"), DB_DRIVER and
-DB_POOL_MAX (todo_api's driver and pool).
+Each app runs alone under one uvicorn worker against the same PostgreSQL and data; wrk
+drives get, list and create at each client count; a FaultProxy counts round trips and adds
+latency in a separate, short phase (the proxy costs CPU, so throughput is measured without
+it). Results: bench/results/latest.md (tables, ratios, targets met or not), latest.png and
+latest.json. `QUICK=1` for a run under 2 minutes; see bench/plan.py for the other knobs.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import platform
 import random
-import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from neondb import EmbeddedServer, parse_url
+from bench import wrk
+from bench.plan import ROUTES, Plan, TargetSpec, make_plan
+from bench.plot import plot
+from bench.results import Level, Run, TargetResult, report, save_run
+from bench.servers import AppServer, DataSet, PgBouncer, Upstream, delete_writes, load_data
 from neondb.proxy import FaultProxy
-from neondb.testing import admin_execute
+from todo_api.auth import issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-not-for-production-0123456789"
-BENCH_DB = "neondb_bench"
-
-
-@dataclass
-class Level:
-    concurrency: int
-    requests: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def pct(self, p: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-@dataclass
-class Target:
-    name: str
-    factory: str
-    env: dict[str, str]
-    reads_rt: float = 0.0
-    creates_rt: float = 0.0
-    levels: list[Level] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def upstream() -> tuple[str, int, str, EmbeddedServer | None]:
-    """(host or socket folder, port, admin URL, embedded server to stop)."""
-    raw = os.environ.get("DATABASE_URL")
-    if raw:
-        url = parse_url(raw)
-        return url.host, url.url.port or 5432, raw, None
-    server = EmbeddedServer(ROOT / ".neondb")
-    admin = server.start()
-    url = parse_url(admin)
-    return url.host, int(url.param("port") or 5432), admin, server
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient(base_url=base) as client:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                if (await client.get("/openapi.json")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready in 30 s")
-
-
-async def measure(target: Target, proxy: FaultProxy, seconds: float, levels: list[int]) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **target.env}
-    proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            target.factory,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        await wait_ready(base, proc)
-        token = target.env.get("BENCH_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-            ids = []
-            for i in range(3):  # warm the pool and statement caches
-                r = await client.post("/api/tasks", json={"title": f"warm {i}"})
-                r.raise_for_status()
-                ids.append(r.json()["id"])
-                (await client.get(f"/api/tasks/{ids[-1]}")).raise_for_status()
-            n = 20
-            proxy.reset_counts()
-            for i in range(n):
-                r = await client.post("/api/tasks", json={"title": f"count {i}"})
-                ids.append(r.json()["id"])
-            target.creates_rt = proxy.round_trips / n
-            proxy.reset_counts()
-            for i in range(n):
-                await client.get(f"/api/tasks/{ids[i]}")
-            target.reads_rt = proxy.round_trips / n
-        for c in levels:
-            target.levels.append(await load(base, headers, ids, c, seconds))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-async def load(
-    base: str, headers: dict[str, str], ids: list[int], concurrency: int, seconds: float
-) -> Level:
-    """`concurrency` clients, each with its own keep-alive connection, for `seconds`.
-
-    One httpx client per worker: a single shared client's pool rescans every connection
-    for every request (quadratic), and at 64 clients that, not the server, set the pace."""
-    level = Level(concurrency)
-    rng = random.Random(concurrency)
-    clients = [
-        httpx.AsyncClient(base_url=base, headers=headers, timeout=30) for _ in range(concurrency)
-    ]
-    deadline = time.monotonic() + seconds
-
-    async def worker(w: int) -> None:
-        client = clients[w]
-        i = 0
-        while time.monotonic() < deadline:
-            i += 1
-            started = time.perf_counter()
-            try:
-                if rng.random() < 0.2:
-                    r = await client.post("/api/tasks", json={"title": f"load {w}-{i}"})
-                else:
-                    r = await client.get(f"/api/tasks/{rng.choice(ids)}")
-                ok = r.status_code < 400
-            except httpx.HTTPError:
-                ok = False
-            level.latencies_ms.append((time.perf_counter() - started) * 1000)
-            level.requests += 1
-            level.errors += 0 if ok else 1
-
-    started = time.monotonic()
-    try:
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    finally:
-        for client in clients:
-            await client.aclose()
-    level.seconds = time.monotonic() - started
-    return level
+CREATE_BODY = json.dumps({"title": "bench task", "priority": "high", "tags": ["bench"]})
+REQUESTS_PER_FILE = 2000
 
 
 def _git(*args: str) -> str:
@@ -198,113 +53,221 @@ def commit() -> str:
         return "unknown"
 
 
-def report(targets: list[Target], rtt_ms: float, seconds: float) -> str:
-    lines = [
-        "# Benchmark: todo_api (neondb) vs the guide pattern",
-        "",
-        f"- commit `{commit()}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}",
-        f"- injected network round-trip time: {rtt_ms:g} ms (FaultProxy), {seconds:g} s per level",
-        "- workload: 80 % GET /api/tasks/{id}, 20 % POST /api/tasks; one uvicorn worker",
-        "",
-        "| app | round trips per read | per create | clients | req/s | p50 ms | p95 ms | p99 ms "
-        "| errors |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in targets:
-        for lv in t.levels:
-            rps = lv.requests / lv.seconds if lv.seconds else 0
-            lines.append(
-                f"| {t.name} | {t.reads_rt:.1f} | {t.creates_rt:.1f} | {lv.concurrency} "
-                f"| {rps:.0f} "
-                f"| {lv.pct(50):.1f} | {lv.pct(95):.1f} | {lv.pct(99):.1f} | {lv.errors} |"
-            )
-    lines += ["", "Reproduce: `make bench` (BENCH_RTT_MS, BENCH_SECONDS, BENCH_LEVELS)."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(targets: list[Target], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for t, color in zip(targets, ("tab:blue", "tab:red", "tab:green"), strict=False):
-        xs = [lv.concurrency for lv in t.levels]
-        ax.plot(xs, [lv.pct(50) for lv in t.levels], marker="o", color=color, label=f"{t.name} p50")
-        ax.plot(
-            xs,
-            [lv.pct(99) for lv in t.levels],
-            marker="x",
-            linestyle="--",
-            color=color,
-            label=f"{t.name} p99",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("latency (ms)")
-    ax.legend()
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-async def main() -> None:
-    rtt_ms = float(os.environ.get("BENCH_RTT_MS", "4"))
-    seconds = float(os.environ.get("BENCH_SECONDS", "5"))
-    levels = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
-    host, port, admin, server = upstream()
+def machine() -> str:
+    model = "unknown CPU"
+    memory = ""
     try:
-        admin_execute(admin, f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        admin_execute(admin, f'CREATE DATABASE "{BENCH_DB}"')
-        with FaultProxy(host, port) as proxy:
-            proxy.delay_s = rtt_ms / 2000  # one way
-            url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{BENCH_DB}"
-            from todo_api.auth import issue_token
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f", {int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+                break
+        load = f", load average {os.getloadavg()[0]:.1f} at the start"
+    except OSError:
+        load = ""
+    return (
+        f"{os.cpu_count()} cores ({model}){memory}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}{load}"
+    )
 
-            token = issue_token(SECRET, "bench")
-            targets = [
-                Target(
-                    "todo_api (neondb)",
-                    "todo_api.app:create_app",
-                    {
-                        "DATABASE_URL": url,
-                        "AUTH_SECRET": SECRET,
-                        "BENCH_TOKEN": token,
-                        "DB_POOL_MIN": "5",
-                        "DB_POOL_MAX": os.environ.get("DB_POOL_MAX", "20"),
-                    },
-                ),
-                Target(
-                    "guide pattern",
-                    "bench.baseline_app:create_app",
-                    {
-                        "BASELINE_DATABASE_URL": url.replace(
-                            "postgresql://", "postgresql+asyncpg://"
-                        )
-                    },
-                ),
-            ]
-            only = os.environ.get("BENCH_TARGETS")
-            if only:  # e.g. "todo_api" or "guide": a substring of the target's name
-                targets = [t for t in targets if any(o in t.name for o in only.split(","))]
-            for t in targets:
-                print(f"measuring {t.name} ...", flush=True)
-                await measure(t, proxy, seconds, levels)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        text = report(targets, rtt_ms, seconds)
-        (RESULTS / "latest.md").write_text(text)
-        plot(targets, RESULTS / "latest.png")
-        print(text)
-        print(f"written: {RESULTS / 'latest.md'}, {RESULTS / 'latest.png'}")
+
+class Workload:
+    """The requests each route replays (the same for every app), and their Lua files."""
+
+    def __init__(self, data: DataSet, folder: Path) -> None:
+        rng = random.Random(20260101)
+        everyone = [*data.users, data.big_user, *data.writers]
+        tokens = {u: issue_token(SECRET, u, ttl_s=6 * 3600) for u in everyone}
+        picks = [data.ids[rng.randrange(len(data.ids))] for _ in range(REQUESTS_PER_FILE)]
+        self.requests: dict[str, list[wrk.Request]] = {
+            "get": [wrk.Request("GET", f"/api/tasks/{i}", tokens[u], u) for u, i in picks],
+            "list": [
+                wrk.Request("GET", "/api/tasks?limit=20", tokens[u], u)
+                for u in (rng.choice(data.users) for _ in range(REQUESTS_PER_FILE))
+            ],
+            "create": [
+                wrk.Request("POST", "/api/tasks", tokens[w], w, CREATE_BODY)
+                for w in (rng.choice(data.writers) for _ in range(REQUESTS_PER_FILE))
+            ],
+            "list_big": [
+                wrk.Request("GET", "/api/tasks?limit=20", tokens[data.big_user], data.big_user)
+            ],
+        }
+        # The warm-up: the three routes interleaved, so one short run warms them all.
+        mixed = zip(*(self.requests[r] for r in ROUTES), strict=True)
+        self.requests["mixed"] = [r for trio in mixed for r in trio]
+        self.files = {k: wrk.requests_file(v, folder) for k, v in self.requests.items()}
+        first = self.requests["list"][0]
+        self.ready_headers = {"Authorization": f"Bearer {first.token}", "X-User": first.user}
+
+
+def app_env(spec: TargetSpec, url: str, direct_url: str) -> dict[str, str]:
+    """The app's environment: the machine's, less any database or app setting a developer
+    may have exported (each app runs with its own defaults), plus its database."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "DB_", "APP_", "AUTH_", "BENCH_"))
+    }
+    if spec.is_todo_api:
+        # `todo-api serve` as deployed: production (no access log line per request), one
+        # worker (production's default is one per core), its own pool and driver defaults.
+        env |= {"DATABASE_URL": url, "AUTH_SECRET": SECRET, "APP_ENV": "production"}
+        env["DB_DRIVER"] = spec.driver
+        if spec.pooler:
+            env |= {"DB_POOLER": "transaction", "DATABASE_DIRECT_URL": direct_url}
+    elif spec.key == "neondb":
+        env["DATABASE_URL"] = url
+    else:
+        env |= {"BENCH_DSN": url, "BENCH_AUTH_SECRET": SECRET, "BENCH_POOL_SIZE": "20"}
+    return env | dict(spec.env)
+
+
+def measure_load(
+    spec: TargetSpec,
+    plan: Plan,
+    url: str,
+    direct_url: str,
+    work: Workload,
+    tmp: Path,
+    result: TargetResult,
+) -> None:
+    server = AppServer.start(spec.app, app_env(spec, url, direct_url), tmp)
+    try:
+        server.wait_ready(work.ready_headers)
+        wrk.run(server.base_url, work.files["mixed"], 32, plan.warmup_seconds)
+        for route in ROUTES:
+            for clients in plan.levels:
+                before = server.cpu_s()
+                res = wrk.run(server.base_url, work.files[route], clients, plan.seconds)
+                cpu = (server.cpu_s() - before) * 1000 / res.requests if res.requests else None
+                result.levels.append(Level(route, clients, res, cpu))
+                print(
+                    f"    {route:6} {clients:4} clients: {res.rps:7.0f} req/s  "
+                    f"p50 {res.p50_ms:6.1f}  p99 {res.p99_ms:6.1f} ms  errors {res.errors}  "
+                    f"cpu {cpu or 0:.2f} ms/req",
+                    flush=True,
+                )
+        if spec.key in plan.sized:
+            for attr, name in (("list_small", "list"), ("list_big", "list_big")):
+                res = wrk.run(server.base_url, work.files[name], 1, plan.size_seconds)
+                setattr(result, attr, Level(name, 1, res))
+                print(f"    {name:8} 1 client: p50 {res.p50_ms:.2f} ms", flush=True)
+        result.rss_peak_mb = server.memory_mb()[0]
     finally:
-        admin_execute(admin, f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        if server is not None:
+        server.stop()
+
+
+def measure_proxied(
+    spec: TargetSpec,
+    plan: Plan,
+    upstream: Upstream,
+    bouncer: PgBouncer | None,
+    work: Workload,
+    tmp: Path,
+    result: TargetResult,
+) -> None:
+    host, port = ("127.0.0.1", bouncer.port) if bouncer and spec.pooler else upstream.host_port
+    with FaultProxy(host, port) as proxy:
+        env = app_env(spec, upstream.via(proxy.port), upstream.url)
+        server = AppServer.start(spec.app, env, tmp)
+        try:
+            server.wait_ready(work.ready_headers)
+            with httpx.Client(base_url=server.base_url, timeout=30) as client:
+
+                def send(r: wrk.Request) -> None:
+                    headers = {"Authorization": f"Bearer {r.token}", "X-User": r.user}
+                    if r.body is not None:
+                        headers["Content-Type"] = "application/json"
+                    response = client.request(r.method, r.path, headers=headers, content=r.body)
+                    response.raise_for_status()
+
+                for route in ROUTES:  # warm: statements prepared, connection in use
+                    for r in work.requests[route][:3]:
+                        send(r)
+                n = plan.count_requests
+                for route in ROUTES:
+                    proxy.reset_counts()
+                    for r in work.requests[route][3 : 3 + n]:
+                        send(r)
+                    result.round_trips[route] = proxy.round_trips / n
+            proxy.delay_s = plan.one_way_delay_ms / 1000
+            for route in ("get", "list"):
+                result.delayed[route] = wrk.run(
+                    server.base_url, work.files[route], 1, plan.delay_seconds
+                )
+            rt = result.round_trips
+            print(
+                f"    round trips get {rt['get']:.1f} list {rt['list']:.1f} "
+                f"create {rt['create']:.1f}; +{plan.rtt_ms:g} ms RTT: "
+                f"get p50 {result.delayed['get'].p50_ms:.1f} ms, "
+                f"list p50 {result.delayed['list'].p50_ms:.1f} ms",
+                flush=True,
+            )
+        finally:
             server.stop()
 
 
+def main() -> None:
+    plan = make_plan(os.environ)
+    started = time.monotonic()
+    measured = commit()  # before the run: what the figures belong to
+    mode = "QUICK" if plan.quick else "full"
+    print(
+        f"==> make bench ({mode}): {len(plan.targets)} apps, clients {plan.levels}, "
+        f"{plan.seconds} s per figure, about {plan.estimate_s() / 60:.1f} min",
+        flush=True,
+    )
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run `make system-deps` (Debian package wrk)")
+    upstream = Upstream.open()
+    tmp = Path(tempfile.mkdtemp(prefix="neondb-bench-"))
+    bouncer: PgBouncer | None = None
+    try:
+        upstream.create()
+        print("==> loading data (todo-api db upgrade, then generate_series)", flush=True)
+        data = load_data(upstream)
+        work = Workload(data, tmp)
+        if any(t.pooler for t in plan.targets):
+            bouncer = PgBouncer.start(upstream)
+        results = []
+        for spec in plan.targets:
+            print(f"==> {spec.label}", flush=True)
+            result = TargetResult(spec.key, spec.label, spec.is_todo_api)
+            url = upstream.via(bouncer.port) if spec.pooler and bouncer else upstream.url
+            measure_load(spec, plan, url, upstream.url, work, tmp, result)
+            if spec.key in plan.proxied:
+                measure_proxied(spec, plan, upstream, bouncer, work, tmp, result)
+            delete_writes(upstream)
+            results.append(result)
+        run = Run(
+            commit=measured,
+            date=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            machine=machine(),
+            postgres=upstream.server_version(),
+            quick=plan.quick,
+            seconds=plan.seconds,
+            levels=list(plan.levels),
+            one_way_delay_ms=plan.one_way_delay_ms,
+            targets=results,
+            duration_s=time.monotonic() - started,
+        )
+    finally:
+        if bouncer is not None:
+            bouncer.stop()
+        upstream.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = report(run)
+    (RESULTS / "latest.md").write_text(text)
+    save_run(run, RESULTS / "latest.json")
+    plot(run, RESULTS / "latest.png")
+    print(text)
+    print(f"written: {RESULTS / 'latest.md'}, latest.png, latest.json ({run.duration_s:.0f} s)")
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
