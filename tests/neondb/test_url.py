@@ -537,6 +537,7 @@ def test_host_and_port_query_parameters_reach_both_drivers() -> None:
         ("postgresql://u@h1,h2/db?port=6000", ["h1", "h2"], [6000, 6000]),
         ("postgresql://u@[::1]:5432,[2001:db8::2]/db", ["::1", "2001:db8::2"], [5432, 5432]),
         ("postgresql://u@/db?host=::1,h2&port=5433", ["::1", "h2"], [5433, 5433]),
+        ("postgresql://u@%2Ftmp%2Fsock:5433/db", ["/tmp/sock"], [5433]),
         # libpq: the query's host wins over the authority's; the authority's port stays.
         ("postgresql://u@ha:6001/db?host=hb", ["hb"], [6001]),
         ("postgresql://u@h1:5432,h2:5433/db?host=hq", None, None),

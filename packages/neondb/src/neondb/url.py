@@ -127,7 +127,9 @@ class DatabaseURL:
         if raw is None:
             if not self.url.host:
                 raise ConfigurationError("the database URL names no host")
-            return (self.url.host,)  # make_url has taken the brackets off an IPv6 address
+            # make_url has taken the brackets off an IPv6 address, but left %-escapes,
+            # which libpq decodes (postgresql://u@%2Frun%2Fpostgresql/db: a socket folder).
+            return (unquote(self.url.host),)
         hosts = tuple(raw.split(","))
         for host in hosts:
             _check_host(host)
