@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,16 @@ PASSWORD = "s3cr3t-Pw-7d1f"
 NEON_HOST = "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
 POOLER_HOST = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
 CONSOLE = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require&channel_binding=require"
+
+
+@pytest.fixture(autouse=True)
+def empty_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A home folder without ~/.postgresql: libpq's default root.crt (which the asyncpg
+    translation uses as libpq does) is only there when a test puts it there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 def libpq(url: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -156,7 +167,7 @@ def test_sslmode_require_without_channel_binding_encrypts_without_verifying() ->
     ("query", "verify", "hostname"),
     [
         ("sslmode=verify-full", ssl.CERT_REQUIRED, True),
-        ("sslmode=verify-ca", ssl.CERT_REQUIRED, False),
+        ("sslmode=verify-ca&sslrootcert={ca}", ssl.CERT_REQUIRED, False),
         ("sslmode=require&sslrootcert={ca}", ssl.CERT_REQUIRED, False),
         ("sslmode=verify-full&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
         ("sslmode=require&channel_binding=require&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
@@ -783,6 +794,26 @@ def test_asyncpg_loads_the_client_certificate_or_says_why_not(tmp_path: Any) -> 
     not_pem.write_text("hello\n")
     err = _refused(f"{base}&sslrootcert={not_pem}")
     assert "sslrootcert=" in str(err)
+
+
+def test_default_root_crt_is_used_by_asyncpg_as_libpq_uses_it(
+    tmp_path: Any, empty_home: Any
+) -> None:
+    base = f"postgresql://u:{PASSWORD}@db.example.com/app"
+    # No root certificate: verify-ca would check against the system CAs, for any host.
+    err = _refused(f"{base}?sslmode=verify-ca")
+    assert "sslrootcert" in str(err)
+    assert "verify-full" in str(err)
+    # ~/.postgresql/root.crt: verify-ca checks against it, and require becomes verify-ca.
+    (empty_home / ".postgresql").mkdir()
+    ca = Path(_write_ca(tmp_path))
+    (empty_home / ".postgresql" / "root.crt").write_bytes(ca.read_bytes())
+    for mode in ("verify-ca", "require"):
+        ctx = asyncpg_kwargs(f"{base}?sslmode={mode}")["ssl"]
+        assert isinstance(ctx, ssl.SSLContext)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED
+        assert ctx.check_hostname is False
+        assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "test CA"),),)]
 
 
 def test_sslpassword_is_masked() -> None:

@@ -19,7 +19,8 @@ Rules, so that a translation never silently weakens security:
 * `sslrootcert=system` means verify-full with the system CAs, as in libpq 16+; a weaker
   `sslmode` with it is refused, as libpq refuses it.
 * `sslcert`, `sslkey`, `sslrootcert` files must exist; where a driver would ignore them
-  they are refused instead.
+  they are refused instead. `verify-ca` needs a root certificate (sslrootcert, or libpq's
+  default ~/.postgresql/root.crt, which asyncpg then uses as libpq does).
 * An '@' or '/' that libpq and SQLAlchemy would split differently (an unencoded '@' in the
   password) is refused without showing any part of the URL.
 * The password never appears in `repr()`, `str()` or an error message.
@@ -33,6 +34,7 @@ import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -282,7 +284,16 @@ class DatabaseURL:
                     "sslmode=require, verify-ca or verify-full, or DB_DRIVER=psycopg"
                 )
             return "prefer"
-        rootcert = self.param("sslrootcert") or None
+        # libpq's default root certificate, used when it exists, as libpq uses it.
+        rootcert = self.param("sslrootcert") or _default_root_cert()
+        if mode == "verify-ca" and rootcert is None:
+            # The system CAs without the host name would accept any certificate they signed,
+            # for any host; libpq refuses verify-ca without a root certificate too.
+            raise ConfigurationError(
+                "sslmode=verify-ca in the database URL needs sslrootcert (the CA that signed "
+                "the server's certificate; ~/.postgresql/root.crt does not exist); or use "
+                "sslmode=verify-full, which checks the host name against the system CAs"
+            )
         if mode == "require" and rootcert is None:
             # libpq's `require` encrypts but does not verify: do the same.
             ctx = ssl.create_default_context()
@@ -420,6 +431,14 @@ def require_libpq(version: int, what: str, needed: int) -> None:
             f"here uses libpq {version // 10000}.{version % 10000}; use DB_DRIVER=asyncpg, or "
             "a psycopg built with a newer libpq"
         )
+
+
+def _default_root_cert() -> str | None:
+    try:
+        path = Path.home() / ".postgresql" / "root.crt"
+    except (RuntimeError, KeyError):  # no home folder
+        return None
+    return str(path) if path.is_file() else None
 
 
 def _check_host(host: str) -> None:
