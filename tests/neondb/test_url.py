@@ -6,7 +6,9 @@ The live TLS + SCRAM connections with these URLs are in test_url_tls.py.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,16 @@ PASSWORD = "s3cr3t-Pw-7d1f"
 NEON_HOST = "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
 POOLER_HOST = "ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
 CONSOLE = f"postgresql://alex:{PASSWORD}@{NEON_HOST}/neondb?sslmode=require&channel_binding=require"
+
+
+@pytest.fixture(autouse=True)
+def empty_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A home folder without ~/.postgresql: libpq's default root.crt (which the asyncpg
+    translation uses as libpq does) is only there when a test puts it there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 def libpq(url: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -155,7 +167,7 @@ def test_sslmode_require_without_channel_binding_encrypts_without_verifying() ->
     ("query", "verify", "hostname"),
     [
         ("sslmode=verify-full", ssl.CERT_REQUIRED, True),
-        ("sslmode=verify-ca", ssl.CERT_REQUIRED, False),
+        ("sslmode=verify-ca&sslrootcert={ca}", ssl.CERT_REQUIRED, False),
         ("sslmode=require&sslrootcert={ca}", ssl.CERT_REQUIRED, False),
         ("sslmode=verify-full&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
         ("sslmode=require&channel_binding=require&sslrootcert={ca}", ssl.CERT_REQUIRED, True),
@@ -500,3 +512,345 @@ def _write_ca(tmp_path: Any) -> str:
     path = tmp_path / "ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return str(path)
+
+
+# hosts and ports, as libpq reads them ----------------------------------------------------------
+
+
+def _libpq_truth(raw: str) -> tuple[list[str], list[int]]:
+    """libpq's own reading of a URL (PQconninfoParse), ports filled in as libpq does."""
+    parsed = conninfo_to_dict(raw)
+    hosts = str(parsed["host"]).split(",")
+    ports = [int(p) if p else 5432 for p in str(parsed.get("port", "")).split(",")]
+    return hosts, ports * len(hosts) if len(ports) == 1 else ports
+
+
+def test_host_and_port_query_parameters_reach_both_drivers() -> None:
+    """The reported URL: an empty authority, the server in ?host=&port=. asyncpg was given
+    host=None and went to its default, 127.0.0.1:5432, with the credentials."""
+    raw = f"postgresql://u:{PASSWORD}@/db?host=192.0.2.10&port=9999"
+    kw = asyncpg_kwargs(raw)
+    assert (kw["host"], kw["port"]) == ("192.0.2.10", 9999)
+    params = libpq(raw)
+    assert (params["host"], params["port"]) == ("192.0.2.10", "9999")
+    assert _libpq_truth(raw) == (["192.0.2.10"], [9999])
+    # A port in the query with the host in the authority: also the query's (was 5432).
+    kw = asyncpg_kwargs(f"postgresql://u:{PASSWORD}@db.example.com/db?port=6543")
+    assert (kw["host"], kw["port"]) == ("db.example.com", 6543)
+
+
+@pytest.mark.parametrize(
+    ("raw", "hosts", "ports"),
+    [
+        ("postgresql://u@h1:5432,h2:5433/db", ["h1", "h2"], [5432, 5433]),
+        ("postgresql://u@/db?host=h1,h2&port=5432,5433", ["h1", "h2"], [5432, 5433]),
+        ("postgresql://u@h1,h2:5433/db", ["h1", "h2"], [5432, 5433]),
+        ("postgresql://u@h1,h2/db?port=6000", ["h1", "h2"], [6000, 6000]),
+        ("postgresql://u@[::1]:5432,[2001:db8::2]/db", ["::1", "2001:db8::2"], [5432, 5432]),
+        ("postgresql://u@/db?host=::1,h2&port=5433", ["::1", "h2"], [5433, 5433]),
+        ("postgresql://u@%2Ftmp%2Fsock:5433/db", ["/tmp/sock"], [5433]),
+        # libpq: the query's host wins over the authority's; the authority's port stays.
+        ("postgresql://u@ha:6001/db?host=hb", ["hb"], [6001]),
+        ("postgresql://u@h1:5432,h2:5433/db?host=hq", None, None),
+    ],
+)
+def test_host_lists_are_read_as_libpq_reads_them_by_both_drivers(
+    raw: str, hosts: list[str] | None, ports: list[int] | None
+) -> None:
+    if hosts is None:
+        # 1 host in the query, 2 ports in the authority: libpq cannot match them either.
+        err = _refused(raw)
+        assert "2 ports for 1 hosts" in str(err)
+        _refused(raw, "psycopg")
+        return
+    assert _libpq_truth(raw) == (hosts, ports)
+    kw = asyncpg_kwargs(raw)
+    if len(hosts) == 1:
+        assert (kw["host"], kw["port"]) == (hosts[0], ports[0])  # type: ignore[index]
+    else:
+        assert (kw["host"], kw["port"]) == (hosts, ports)
+    params = libpq(raw)
+    assert params["host"] == ",".join(hosts)
+    assert params["port"] == ",".join(map(str, ports or []))
+    assert parse_url(raw).endpoints == tuple(zip(hosts, ports or [], strict=True))
+    assert parse_url(raw).host == hosts[0]
+
+
+def test_a_host_list_is_kept_in_the_display_and_survives_a_round_trip() -> None:
+    parsed = parse_url(f"postgresql://u:{PASSWORD}@h1:5432,h2:5433/db?sslmode=require")
+    assert PASSWORD not in parsed.display
+    again = parse_url(parsed.url.render_as_string(hide_password=False))
+    assert again.endpoints == (("h1", 5432), ("h2", 5433))
+    assert again.url.password == PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        # SQLAlchemy's multi-host form: libpq keeps only the last, "h2:5433", as a name.
+        ("postgresql://u@/db?host=h1:5432&host=h2:5433", "host= 2 times"),
+        ("postgresql://u@/db?host=h1&host=h2&port=5432&port=5433", "host= 2 times"),
+        ("postgresql://u@h1/db?port=5432&port=5433", "port= 2 times"),
+        ("postgresql://u@/db?host=h1:5432", "host='h1:5432'"),
+        ("postgresql://u@/db?host=[::1]", "host='[::1]'"),
+        # An empty entry is libpq's default host (a local socket, localhost).
+        ("postgresql://u@,h2/db", "empty entry"),
+        ("postgresql://u@h1,/db", "empty entry"),
+        ("postgresql://u@/db?host=h1,,h2", "empty entry"),
+        ("postgresql://u@/db?host=", "names no host"),
+        ("postgresql://u@/db?host=a,b,c&port=1,2", "2 ports for 3 hosts"),
+        ("postgresql://u@h/db?port=0", "port='0'"),
+        ("postgresql://u@h/db?port=70000", "port='70000'"),
+        ("postgresql://u@h/db?port=x", "port='x'"),
+        ("postgresql://u@h1:1,[::1/db", "IPv6"),
+        ("postgresql://u@h/db?target_session_attrs=leader", "target_session_attrs='leader'"),
+    ],
+)
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_host_and_port_forms_libpq_reads_otherwise_are_refused(
+    raw: str, says: str, driver: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(raw).spec(driver, connect_timeout_s=5)  # type: ignore[arg-type]
+    assert says in str(info.value)
+
+
+def test_user_and_dbname_query_parameters_win_as_in_libpq() -> None:
+    raw = f"postgresql://alice:{PASSWORD}@h/first?user=bob&dbname=second"
+    assert conninfo_to_dict(raw)["user"] == "bob"  # libpq's reading
+    kw = asyncpg_kwargs(raw)
+    assert (kw["user"], kw["database"]) == ("bob", "second")
+    params = libpq(raw)
+    assert (params["user"], params["dbname"]) == ("bob", "second")
+
+
+def test_direct_url_drops_pooler_from_every_host() -> None:
+    from neondb_support import make_settings
+
+    from neondb.target import direct_url
+
+    single = parse_url(f"postgresql://u:{PASSWORD}@{POOLER_HOST}:5432/neondb")
+    direct = direct_url(make_settings(None), single)
+    assert direct is not None
+    assert direct.endpoints == ((NEON_HOST, 5432),)
+    pair = parse_url(f"postgresql://u:{PASSWORD}@{POOLER_HOST}:5432,{POOLER_HOST}:6543/neondb")
+    direct = direct_url(make_settings(None), pair)
+    assert direct is not None
+    assert direct.endpoints == ((NEON_HOST, 5432), (NEON_HOST, 6543))
+    assert direct.url.password == PASSWORD
+
+
+# an '@' or '/' in the password -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://app:Xk9@Qz7Lm@db.example.com/app",
+        "postgresql://app:Xk9@Qz7Lm@db.example.com:5432/app?sslmode=require",
+        "postgresql://app:Xk9/Qz7Lm@db.example.com/app",
+        "postgresql://app:Xk9@Qz/7Lm@db.example.com/app",
+        # No password, but an '@' SQLAlchemy would take for the end of one.
+        "postgresql://db.example.com:5432/app?application_name=Xk9@Qz7Lm",
+    ],
+)
+def test_unencoded_at_or_slash_is_refused_without_showing_the_password(raw: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(raw)
+    message = str(info.value)
+    assert "%40" in message
+    assert "%2F" in message
+    assert "percent-encode" in message
+    for part in ("Xk9", "Qz7Lm", "Qz", "7Lm", "db.example.com"):
+        assert part not in message
+        assert part not in repr(info.value)
+
+
+def test_unencoded_at_in_the_password_is_refused_by_neondb_url_and_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from neondb_support import make_settings
+    from typer.testing import CliRunner
+
+    from neondb.cli import app
+    from neondb.target import Target
+
+    raw = "postgresql://app:Xk9@Qz7Lm@db.example.com/app"
+    for name in list(os.environ):
+        if name.upper().startswith(("DB_", "DATABASE_")):
+            monkeypatch.delenv(name)
+    result = CliRunner().invoke(app, ["url", raw])
+    assert result.exit_code == 2
+    assert "%40" in result.output
+    assert "Qz7Lm" not in result.output
+    assert "Xk9" not in result.output
+    with pytest.raises(ConfigurationError) as info:
+        Target.from_settings(make_settings(raw))
+    assert str(info.value).startswith("DATABASE_URL: ")
+    assert "Qz7Lm" not in str(info.value)
+    # Encoded, the same password is read whole by both drivers.
+    encoded = "postgresql://app:Xk9%40Qz7Lm@db.example.com/app"
+    assert asyncpg_kwargs(encoded)["password"] == "Xk9@Qz7Lm"
+    assert libpq(encoded)["password"] == "Xk9@Qz7Lm"
+    assert (asyncpg_kwargs(encoded)["host"], libpq(encoded)["host"]) == ("db.example.com",) * 2
+
+
+def test_question_mark_in_the_password_is_read_alike_by_libpq_and_both_drivers() -> None:
+    raw = "postgresql://app:pa?ss@db.example.com/app"
+    assert conninfo_to_dict(raw)["password"] == "pa?ss"
+    assert asyncpg_kwargs(raw)["password"] == "pa?ss"
+    assert libpq(raw)["password"] == "pa?ss"
+
+
+# sslrootcert=system ---------------------------------------------------------------------------
+
+
+def test_sslrootcert_system_means_verify_full_for_both_drivers() -> None:
+    raw = f"postgresql://u:{PASSWORD}@db.example.com/app?sslrootcert=system"
+    assert parse_url(raw).sslmode == "verify-full"
+    assert libpq(raw)["sslmode"] == "verify-full"  # was prefer, which libpq 16+ rejects
+    assert libpq(raw)["sslrootcert"] == "system"
+    ctx = asyncpg_kwargs(raw)["ssl"]  # was the string "prefer": plain text if refused
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname is True
+    explicit = asyncpg_kwargs(raw + "&sslmode=verify-full")["ssl"]
+    assert explicit.check_hostname is True
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca"])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_weaker_sslmode_with_sslrootcert_system_is_refused(mode: str, driver: str) -> None:
+    err = _refused(
+        f"postgresql://u:{PASSWORD}@db.example.com/app?sslmode={mode}&sslrootcert=system", driver
+    )
+    assert f"sslmode={mode}" in str(err)
+    assert "sslrootcert=system" in str(err)
+    assert "verify-full" in str(err)
+
+
+def test_sslrootcert_system_needs_libpq_16() -> None:
+    from neondb.url import LIBPQ_SYSTEM_ROOTS, require_libpq
+
+    with pytest.raises(ConfigurationError) as info:
+        require_libpq(150007, "sslrootcert=system", LIBPQ_SYSTEM_ROOTS)
+    assert "needs libpq 16 or later" in str(info.value)
+    assert "libpq 15.7" in str(info.value)
+    assert "DB_DRIVER=asyncpg" in str(info.value)
+    require_libpq(160000, "sslrootcert=system", LIBPQ_SYSTEM_ROOTS)  # no error
+
+
+# sslcert, sslkey, sslrootcert files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sslcert", "sslkey", "sslrootcert"])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_missing_tls_file_is_named(key: str, driver: str, tmp_path: Any) -> None:
+    missing = tmp_path / "missing.crt"
+    cert = _write_ca(tmp_path)
+    extra = f"&sslcert={cert}" if key == "sslkey" else ""
+    err = _refused(
+        f"postgresql://u:{PASSWORD}@db.example.com/app?sslmode=verify-full&{key}={missing}{extra}",
+        driver,
+    )
+    assert f"{key}='{missing}'" in str(err)
+    assert "does not exist" in str(err)
+
+
+@pytest.mark.parametrize("mode", ["prefer", "allow"])
+@pytest.mark.parametrize("key", ["sslcert", "sslrootcert"])
+def test_asyncpg_refuses_tls_files_it_would_ignore(mode: str, key: str, tmp_path: Any) -> None:
+    path = _write_ca(tmp_path)
+    raw = f"postgresql://u:{PASSWORD}@db.example.com/app?sslmode={mode}&{key}={path}"
+    err = _refused(raw)
+    assert key in str(err)
+    assert f"sslmode={mode}" in str(err)
+    assert "DB_DRIVER=psycopg" in str(err)
+    assert libpq(raw)[key] == path  # libpq uses them: passed on
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_tls_files_with_sslmode_disable_are_refused(driver: str, tmp_path: Any) -> None:
+    path = _write_ca(tmp_path)
+    err = _refused(
+        f"postgresql://u:{PASSWORD}@db.example.com/app?sslmode=disable&sslcert={path}", driver
+    )
+    assert "sslcert" in str(err)
+    assert "disable" in str(err)
+
+
+def test_asyncpg_loads_the_client_certificate_or_says_why_not(tmp_path: Any) -> None:
+    cert, key = _write_client_cert(tmp_path)
+    base = f"postgresql://u:{PASSWORD}@db.example.com/app?sslmode=require"
+    ctx = asyncpg_kwargs(f"{base}&sslcert={cert}&sslkey={key}")["ssl"]
+    assert isinstance(ctx, ssl.SSLContext)
+    # A certificate without its key: refused, naming the parameters (no terminal prompt).
+    err = _refused(f"{base}&sslcert={cert}")
+    assert "sslcert=" in str(err)
+    assert "sslkey" in str(err)
+    err = _refused(f"{base}&sslkey={key}")
+    assert "sslkey without sslcert" in str(err)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    err = _refused(f"{base}&sslrootcert={not_pem}")
+    assert "sslrootcert=" in str(err)
+
+
+def test_default_root_crt_is_used_by_asyncpg_as_libpq_uses_it(
+    tmp_path: Any, empty_home: Any
+) -> None:
+    base = f"postgresql://u:{PASSWORD}@db.example.com/app"
+    # No root certificate: verify-ca would check against the system CAs, for any host.
+    err = _refused(f"{base}?sslmode=verify-ca")
+    assert "sslrootcert" in str(err)
+    assert "verify-full" in str(err)
+    # ~/.postgresql/root.crt: verify-ca checks against it, and require becomes verify-ca.
+    (empty_home / ".postgresql").mkdir()
+    ca = Path(_write_ca(tmp_path))
+    (empty_home / ".postgresql" / "root.crt").write_bytes(ca.read_bytes())
+    for mode in ("verify-ca", "require"):
+        ctx = asyncpg_kwargs(f"{base}?sslmode={mode}")["ssl"]
+        assert isinstance(ctx, ssl.SSLContext)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED
+        assert ctx.check_hostname is False
+        assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "test CA"),),)]
+
+
+def test_sslpassword_is_masked() -> None:
+    parsed = parse_url(f"postgresql://u@db.example.com/app?sslmode=require&sslpassword={PASSWORD}")
+    assert PASSWORD not in parsed.display
+    assert "sslpassword=" in parsed.display
+
+
+def _write_client_cert(tmp_path: Any) -> tuple[str, str]:
+    """A self-signed client certificate and its key, in two PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "u")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "client.crt", tmp_path / "client.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)

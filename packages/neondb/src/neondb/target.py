@@ -38,14 +38,17 @@ def is_behind_pooler(settings: DatabaseSettings, url: DatabaseURL | None) -> tup
 def direct_url(settings: DatabaseSettings, url: DatabaseURL | None) -> DatabaseURL | None:
     """Where schema changes go when the app's URL is a pooler's (Neon: run migrations on the
     direct endpoint): DATABASE_DIRECT_URL, else the URL with `-pooler` dropped from its
-    host. None when the app's URL is already direct, or no direct URL can be known."""
+    hosts. None when the app's URL is already direct, or no direct URL can be known."""
     if settings.database_direct_url is not None:
         return parse_setting("DATABASE_DIRECT_URL", settings.database_direct_url.get_secret_value())
     if url is None or not url.is_pooler:
         return None
-    first, _, rest = url.host.partition(".")
-    host = first.replace("-pooler", "") + (f".{rest}" if rest else "")
-    return DatabaseURL(url.url.set(host=host), url.driver_hint)
+    return url.with_hosts([_without_pooler(host) for host in url.hosts])
+
+
+def _without_pooler(host: str) -> str:
+    first, _, rest = host.partition(".")
+    return first.replace("-pooler", "") + (f".{rest}" if rest else "")
 
 
 def choose_driver(
