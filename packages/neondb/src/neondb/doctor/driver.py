@@ -73,6 +73,12 @@ async def login(url: DatabaseURL, driver: Driver, timeout_s: float) -> Probe:
                 conn = await psycopg.AsyncConnection.connect(
                     spec.kwargs["conninfo"], autocommit=True, prepare_threshold=None
                 )
+    except TimeoutError:
+        raise NetworkError(
+            f"{driver} could not log in within DB_CONNECT_TIMEOUT_S={timeout_s:g} s",
+            "the server answered the probes but not the login in time: a busy server or "
+            "pooler, or a Neon compute still waking (raise DB_CONNECT_TIMEOUT_S)",
+        ) from None
     except Exception as e:
         said = str(e).strip().splitlines()
         message = said[-1] if said else type(e).__name__
