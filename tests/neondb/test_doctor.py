@@ -212,6 +212,8 @@ async def test_pooler_detected_from_behaviour_on_a_loopback_host(
     }
     assert pooler.fix.startswith("set DB_POOLER=transaction")
     assert report.next.startswith("pooler failed: set DB_POOLER=transaction")
+    assert "Then run" not in report.next  # nothing was skipped for want of it
+    assert "with DB_POOLER=transaction" in report.get("statement_timeout").detail
     # Told, the layer agrees; single statements then rely on the role's default timeout.
     told = await diagnose(make_settings(url, db_driver=driver, db_pooler="transaction"))
     assert told.get("pooler").status == "ok"

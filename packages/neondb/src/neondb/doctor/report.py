@@ -62,7 +62,7 @@ class Report:
         """What to check next, in one paragraph."""
         if self.failed:
             first = self.failed[0]
-            skipped = [s.name for s in self.steps if s.status == "skipped"]
+            skipped = [s.name for s in self.steps if s.detail.startswith("skipped: needs")]
             out = f"{first.name} failed: {(first.fix or first.detail).rstrip('.')}."
             if skipped:
                 out += (

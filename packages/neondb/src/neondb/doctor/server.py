@@ -171,7 +171,9 @@ async def check_timeout(report: Report, target: Target, pooler: bool) -> None:
     single, in_tx = await _layer_timeouts(target, pooler)
     detail = (
         f"single statements see {single}, transactions see {in_tx} "
-        f"(DB_STATEMENT_TIMEOUT_S={target.settings.db_statement_timeout_s:g})"
+        f"(DB_STATEMENT_TIMEOUT_S={target.settings.db_statement_timeout_s:g}"
+        # Seen as the layer will run once told about the pooler the probe found.
+        + (", with DB_POOLER=transaction)" if pooler and not target.pooler else ")")
     )
     data = {"single_statement": single, "transaction": in_tx, "configured_ms": want}
     if not want:
