@@ -1,9 +1,11 @@
-"""neondb.cli and neondb.doctor: the URL translation shown masked, and a diagnosis of a real
-database."""
+"""neondb.cli: the URL translation shown masked; `neondb doctor` as a command (its table and
+its JSON, exit codes); the doctor's steps themselves are in test_doctor.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from neondb_support import free_port, make_settings
+from neondb_support import free_port
 from typer.testing import CliRunner
 
 from neondb.cli import app
-from neondb.doctor import diagnose
+from neondb.doctor import STEPS
 
 PASSWORD = "cli-s3cret-0b5e"
 # Host apart from the userinfo, so no line reads like a committed Neon credential.
@@ -91,25 +93,6 @@ def test_bad_setting_exits_2_naming_it(runner: CliRunner) -> None:
     assert "DB_POOL_MAX" in result.output
 
 
-async def test_doctor_on_a_live_database(neondb_database_url: str, driver: str) -> None:
-    report = await diagnose(make_settings(neondb_database_url, db_driver=driver))
-    checks = {f.check: f for f in report.findings}
-    assert report.ok, report.findings
-    assert {"url", "driver", "pooler", "connect", "server", "statement_timeout", "tls"} <= set(
-        checks
-    )
-    assert checks["driver"].detail == driver
-    assert checks["statement_timeout"].detail.startswith("30s")
-
-
-async def test_doctor_on_a_missing_database() -> None:
-    url = f"postgresql://alex:{PASSWORD}@127.0.0.1:{free_port()}/db?sslmode=disable"
-    report = await diagnose(make_settings(url, db_connect_timeout_s=1, db_retry_attempts=1))
-    assert not report.ok
-    assert [f.check for f in report.findings] == ["connect"]
-    assert PASSWORD not in report.findings[0].detail
-
-
 def _neondb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
     """Run the installed `neondb` command with stdout piped (not a terminal)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_"))}
@@ -157,3 +140,78 @@ def test_version(tmp_path: Path) -> None:
     result = _neondb("--version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("neondb ")
+
+
+def _table_rows(out: str) -> dict[str, tuple[str, str]]:
+    """The doctor's table, read back: step -> (status, detail and fix with the folds and
+    spaces taken out)."""
+    rows: dict[str, list[str]] = {}
+    name = ""
+    for line in out.splitlines():
+        if not line.startswith("│"):
+            continue
+        step, status, detail = (cell.strip() for cell in line.split("│")[1:-1])
+        if step:
+            name = step
+            rows[name] = [status, ""]
+        rows[name][1] += detail
+    return {k: (v[0], "".join(v[1].split())) for k, v in rows.items() if k != "step"}
+
+
+def _same_content(table: str, report: dict[str, Any]) -> None:
+    """The table and the JSON say the same, but for measured numbers (two runs)."""
+    rows = _table_rows(table)
+    assert list(rows) == list(STEPS)
+    for step in report["steps"]:
+        status, text = rows[step["name"]]
+        assert status == {"fail": "FAIL"}.get(step["status"], step["status"])
+        want = step["detail"] + (f"fix: {step['fix']}" if step["fix"] else "")
+        assert re.sub(r"\d+", "#", text) == re.sub(r"\d+", "#", "".join(want.split()))
+    said = " ".join(line for line in table.splitlines() if line[:1] not in "┌├│└")
+    assert " ".join(said.split()) == f"next: {report['next']}"
+
+
+def _piped_table(out: str) -> None:
+    assert "\x1b[" not in out  # no colour codes into a pipe
+    assert max(len(line) for line in out.splitlines()) <= 80  # fits, folds, is not cut
+
+
+def test_doctor_all_green_on_the_test_server(tmp_path: Path, neondb_database_url: str) -> None:
+    env = {"DATABASE_URL": neondb_database_url, "WEB_CONCURRENCY": "2"}
+    result = _neondb("doctor", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _piped_table(result.stdout)
+    as_json = _neondb("doctor", "--json", cwd=tmp_path, env=env)
+    assert as_json.returncode == 0
+    assert as_json.stdout.count("\n") == 1  # one line, never wrapped
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is True
+    assert {s["status"] for s in report["steps"]} == {"ok", "skipped"}
+    connections = next(s for s in report["steps"] if s["name"] == "max_connections")
+    assert connections["data"]["workers"] == 2
+    _same_content(result.stdout, report)
+
+
+def test_doctor_on_a_stopped_server(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"postgresql://alex:{PASSWORD}@127.0.0.1:{free_port()}/db"}
+    result = _neondb("doctor", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    _piped_table(result.stdout)
+    rows = _table_rows(result.stdout)
+    assert rows["connect"][0] == "FAIL"
+    assert "fix:starttheserver" in rows["connect"][1]
+    assert {rows[n][0] for n in STEPS[STEPS.index("connect") + 1 :]} == {"skipped"}
+    as_json = _neondb("doctor", "--json", cwd=tmp_path, env=env)
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False
+    assert report["next"].startswith("connect failed: start the server")
+    _same_content(result.stdout, report)
+    assert PASSWORD not in result.stdout + result.stderr + as_json.stdout + as_json.stderr
+
+
+def test_doctor_strict_counts_warnings(tmp_path: Path, neondb_database_url: str) -> None:
+    # 1000 connections per worker: more than the server allows, a warning.
+    env = {"DATABASE_URL": neondb_database_url, "DB_POOL_MAX": "1000"}
+    assert _neondb("doctor", "--json", cwd=tmp_path, env=env).returncode == 0
+    assert _neondb("doctor", "--json", "--strict", cwd=tmp_path, env=env).returncode == 1

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import ssl
+import os
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated
 
 from neondb.extras import missing_extra
 
 try:
     import typer
     from rich.console import Console
-    from rich.table import Table
 except ImportError as e:
     raise missing_extra("cli", "the neondb command") from e
 from pydantic import SecretStr
 
 from neondb.database import Database
 from neondb.doctor import diagnose
+from neondb.doctor.render import render
+from neondb.doctor.translation import connect_arguments, tls_words
 from neondb.embedded import EmbeddedServer
 from neondb.errors import NeonDBError
 from neondb.settings import DatabaseSettings, Driver, load_settings
 from neondb.target import Target
-from neondb.url import DatabaseURL
 
 __all__ = ["main"]
 
@@ -106,75 +107,44 @@ def url(
         typer.echo(f"{key:<9}{value}")
 
 
-def tls_words(parsed: DatabaseURL, driver: Driver, kwargs: dict[str, Any]) -> str:
-    """The TLS a driver will use, in words (never an object's repr)."""
-    rootcert = parsed.param("sslrootcert")
-    ca = f"CA file {rootcert}" if rootcert not in (None, "system") else "the system CAs"
-    binding = parsed.param("channel_binding")
-    if driver == "psycopg":
-        from psycopg.conninfo import conninfo_to_dict
-
-        mode = str(conninfo_to_dict(kwargs["conninfo"]).get("sslmode", "prefer"))
-    else:
-        ssl_arg = kwargs.get("ssl")
-        if ssl_arg is False:
-            mode = "disable"
-        elif isinstance(ssl_arg, ssl.SSLContext):
-            if ssl_arg.check_hostname:
-                mode = "verify-full"
-            elif ssl_arg.verify_mode != ssl.CERT_NONE:
-                mode = "verify-ca"
-            else:
-                mode = "require"
-        else:
-            mode = str(ssl_arg)
-    words = {
-        "disable": "off (plain text)",
-        "allow": "allow: plain text unless the server insists; certificate not checked",
-        "prefer": "prefer: encrypted if the server offers it; certificate not checked",
-        "require": "require: encrypted; certificate not checked",
-        "verify-ca": f"verify-ca: encrypted; certificate checked against {ca}",
-        "verify-full": f"verify-full: encrypted; certificate and host name checked against {ca}",
-    }
-    out = words.get(mode, mode)
-    if binding == "require":
-        out += (
-            "; SCRAM channel binding required (enforced by libpq)"
-            if driver == "psycopg"
-            else "; channel_binding=require: asyncpg cannot bind channels, so verify-full "
-            "stands in for it"
-        )
-    return out
-
-
-def connect_arguments(kwargs: dict[str, Any]) -> str:
-    """The driver's connect arguments on one line, the password masked."""
-    if "conninfo" in kwargs:
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-        params = conninfo_to_dict(kwargs["conninfo"])
-        if "password" in params:
-            params["password"] = "***"
-        return make_conninfo("", **params)
-    shown = []
-    for key, value in kwargs.items():
-        if key == "password":
-            value = "***" if value else value
-        elif isinstance(value, ssl.SSLContext):
-            value = "<ssl context, see tls>"
-        shown.append(f"{key}={value!r}")
-    return " ".join(shown)
+def _workers(value: int | None) -> int:
+    if value is not None:
+        return value
+    raw = os.environ.get("WEB_CONCURRENCY", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise _fail(f"WEB_CONCURRENCY={raw!r} is not a number of workers (1 or more)")
+    return int(raw)
 
 
 @app.command()
-def doctor() -> None:
-    """Connect with the current settings and report what the layer and server do."""
-    report = asyncio.run(diagnose(_settings()))
-    table = Table("check", "ok", "detail")
-    for f in report.findings:
-        table.add_row(f.check, "[green]yes[/green]" if f.ok else "[red]no[/red]", f.detail)
-    console.print(table)
-    raise typer.Exit(0 if report.ok else 1)
+def doctor(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report as one JSON object")
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes that each open a pool of DB_POOL_MAX; default WEB_CONCURRENCY or 1",
+        ),
+    ] = None,
+    migrations: Annotated[
+        str | None,
+        typer.Option(
+            help="module:attr of the app's neondb.Migrations, to check the database is at head"
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="exit non-zero on warnings too")] = False,
+) -> None:
+    """Check, step by step, the URL, DNS, the connection, TLS, authentication, the login,
+    pooler or direct, latency, statement_timeout, max_connections and migrations; each
+    failed step says how to fix it. Exits 0 when no step failed, 1 otherwise."""
+    report = asyncio.run(diagnose(_settings(), workers=_workers(workers), migrations=migrations))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))  # one line, never wrapped
+    else:
+        render(report, console)
+    raise typer.Exit(0 if report.ok and not (strict and report.warnings) else 1)
 
 
 @app.command("role-timeout")
