@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
