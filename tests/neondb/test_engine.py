@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import resource
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from neondb_support import (
     backend_pids,
     make_settings,
@@ -22,7 +30,7 @@ from neondb_support import (
 )
 from sqlalchemy import text
 
-from neondb import Database, DatabaseUnavailableError, QueryTimeoutError
+from neondb import Database, DatabaseUnavailableError, NeonDB, QueryTimeoutError, ReadSession
 from neondb.engine import connection_is_dead
 from neondb.errors import is_transient
 from neondb.proxy import FaultProxy
@@ -287,6 +295,72 @@ async def test_dead_connection_check_sends_nothing(
             proxy.drop_all()
             await wait_until(lambda: connection_is_dead(raw), timeout_s=5)
         assert not connection_is_dead(object())
+
+
+@contextmanager
+def descriptors_past(number: int) -> Iterator[None]:
+    """Hold open descriptors until the next one the process gets is above `number` (every
+    lower slot taken), as a server holding that many client sockets does; the soft
+    RLIMIT_NOFILE is raised for it if needed and put back after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = number + 200  # room for the pool's sockets and the test's own files
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < number:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def socket_of(raw: Any) -> int:
+    """The descriptor number of a pooled driver connection's socket."""
+    conn = raw.driver_connection
+    if hasattr(conn, "pgconn"):
+        return int(conn.pgconn.socket)
+    return int(conn._transport.get_extra_info("socket").fileno())
+
+
+async def test_pooled_connections_stay_alive_past_1024_descriptors(
+    neondb_schema_url: str, driver: str
+) -> None:
+    """select() cannot take a descriptor >= 1024: the psycopg checkout check used it and
+    called every pooled connection dead, so each checkout reconnected (or failed, 503)."""
+    with descriptors_past(1100):
+        neon = NeonDB(make_settings(neondb_schema_url, db_driver=driver, db_pool_max=5))
+        app = FastAPI(lifespan=neon.lifespan)
+        neon.install(app)
+
+        @app.get("/one")
+        async def one(session: ReadSession) -> int:
+            await asyncio.sleep(0.01)  # hold the connection so that requests overlap
+            return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as client,
+        ):
+            db = neon.db
+            async with db.engine.connect() as conn:
+                assert socket_of(await conn.get_raw_connection()) > 1024
+            statuses: list[int] = []
+            # The first burst fills the pool (5 connections); later ones only reuse them.
+            for _ in range(4):
+                replies = await asyncio.gather(*(client.get("/one") for _ in range(20)))
+                statuses += [r.status_code for r in replies]
+                if len(statuses) == 20:
+                    opened = db.connections_opened
+                    assert opened == 5
+            assert statuses == [200] * 80
+            assert db.connections_opened == opened
+            async with db.engine.connect() as conn:
+                assert not connection_is_dead(await conn.get_raw_connection())
 
 
 # connections the server refuses --------------------------------------------------------------

@@ -3,11 +3,12 @@ and the breaker inside `Database` against a refusing or stalling server."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
-from neondb_support import cut, open_database, proxied_url
+from neondb_support import cut, open_database, proxied_url, wait_until
 from sqlalchemy import text
 
 from neondb import CircuitBreaker, CircuitOpenError, Database, DatabaseUnavailableError
@@ -99,6 +100,34 @@ def test_reopens_when_the_probe_fails(clock: Clock) -> None:
     assert b.remaining_s() == pytest.approx(10)  # a full cool-down from the probe's failure
     clock.advance(10)
     assert b.before_call() is True  # the next probe
+
+
+def test_failures_while_open_do_not_lengthen_the_cool_down(clock: Clock) -> None:
+    b = breaker(clock, failures=2, reset_s=10)
+    b.record_failure()
+    b.record_failure()  # opens now
+    for _ in range(3):  # connects that began before it opened fail later, one by one
+        clock.advance(3)
+        b.record_failure()
+    assert b.consecutive_failures == 5
+    assert b.remaining_s() == pytest.approx(1)  # counted from the opening: 10 - 9
+    clock.advance(1)
+    assert b.state == "half_open"
+    assert b.before_call() is True  # on time, not 9 s late
+    assert b.changes == ["open"]  # type: ignore[attr-defined]
+
+
+async def test_a_straggler_failing_during_the_probe_is_not_the_probe(clock: Clock) -> None:
+    b = breaker(clock, failures=1, reset_s=10)
+    b.record_failure()
+    clock.advance(10)
+    assert b.before_call() is True  # the probe is out
+    b.record_failure(probe=False)  # a connect from before the opening fails now
+    assert b.state == "half_open"
+    with pytest.raises(CircuitOpenError):
+        b.before_call()  # still only the one probe
+    b.record_success()
+    assert b.state == "closed"
 
 
 async def test_call_counts_transient_errors_and_timeouts_only(clock: Clock) -> None:
@@ -270,3 +299,40 @@ async def test_stalled_connects_open_the_circuit_too(guarded: Database, proxy: F
     with pytest.raises(CircuitOpenError):
         await select_one(db)
     assert time.monotonic() - started < 1
+
+
+async def test_connects_failing_after_the_circuit_opened_keep_its_cool_down(
+    guarded: Database, proxy: FaultProxy, clock: Clock
+) -> None:
+    """A connect that was under way when the circuit opened fails later: the circuit
+    still half-opens DB_BREAKER_RESET_S after it opened, not after that failure."""
+    db = guarded
+    db.breaker.failures = 1
+    db.settings.db_retry_attempts = 1
+    await cut(proxy)
+    proxy.mode = "stall"
+    proxy.reset_counts()
+    straggler = asyncio.create_task(select_one(db))  # passes the closed breaker, then hangs
+    await wait_until(lambda: proxy.accepted == 1, timeout_s=5)
+    proxy.mode = "refuse"
+    with pytest.raises(DatabaseUnavailableError):
+        await select_one(db)  # a real refused connect opens the circuit
+    assert db.breaker.state == "open"
+    assert db.breaker.consecutive_failures == 1
+    assert not straggler.done()
+    clock.advance(20)
+    proxy.drop_all()  # the stalled connect fails now, 20 s after the opening
+    with pytest.raises(DatabaseUnavailableError):
+        await straggler
+    assert db.breaker.consecutive_failures == 2
+    assert db.breaker.remaining_s() == pytest.approx(10)
+    with pytest.raises(CircuitOpenError) as info:
+        await select_one(db)
+    assert info.value.retry_after_s == pytest.approx(10)
+
+    proxy.mode = "pass"
+    clock.advance(10)  # 30 s after the opening: the probe goes through and closes it
+    proxy.reset_counts()
+    assert await select_one(db) == 1
+    assert db.breaker.state == "closed"
+    assert proxy.connections == 1

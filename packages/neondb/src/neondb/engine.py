@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import select
+import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -134,6 +135,19 @@ def _opener(
     return connect
 
 
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read (or hung up), without waiting. poll() takes any
+    descriptor number; select() refuses those >= FD_SETSIZE (1024), which a busy server
+    process reaches with client sockets alone."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))  # POLLHUP, POLLERR and POLLNVAL are always reported
+    with selectors.DefaultSelector() as selector:  # Windows: no poll(), no such limit
+        selector.register(fd, selectors.EVENT_READ)
+        return bool(selector.select(0))
+
+
 def connection_is_dead(dbapi_connection: Any) -> bool:
     """True when an idle pooled connection is already known to be closed, found without a
     round trip: a terminated backend sends an error and closes the socket."""
@@ -148,18 +162,31 @@ def connection_is_dead(dbapi_connection: Any) -> bool:
         return False
     if driver_conn.closed or driver_conn.broken:
         return True
-    try:
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        if readable:
-            # An idle connection has nothing to read unless the server said goodbye (or a
-            # notice); consume it and see whether the connection survived.
-            pgconn.consume_input()
-            from psycopg import pq
+    import psycopg
+    from psycopg import pq
 
-            return bool(pgconn.status != pq.ConnStatus.OK)
-    except Exception:
+    try:
+        fd = pgconn.socket
+    except psycopg.OperationalError:
+        return True  # libpq has no socket any more: the connection is gone
+    try:
+        if not _readable(fd):
+            return False
+        # An idle connection has nothing to read unless the server said goodbye (or a
+        # notice); consume it and see whether the connection survived.
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True  # libpq read the end of the connection
+    except Exception as e:
+        # The check itself failed, not the connection: say so, because every checkout
+        # that lands here costs a new connection (a TLS handshake and a login).
+        log.warning(
+            "could not check a pooled psycopg connection (%s: %s); replacing it",
+            type(e).__name__,
+            e,
+        )
         return True
-    return False
+    return bool(pgconn.status != pq.ConnStatus.OK)
 
 
 def _engine_options(settings: DatabaseSettings, creator: Callable[[], Any]) -> dict[str, Any]:

@@ -124,28 +124,39 @@ class CircuitBreaker:
         if changed and self.on_change:
             self.on_change("closed")
 
-    def record_failure(self) -> None:
+    def record_failure(self, *, probe: bool | None = None) -> None:
+        """Count a failed connect. `probe`: whether it was the half-open probe (default:
+        whether a probe is out). A failed probe re-opens the circuit for a full cool-down;
+        any other failure while open is a connect that began before the circuit opened,
+        and leaves the cool-down counted from the opening (moving it would keep the
+        circuit open for as long as stragglers keep failing)."""
         self._failed += 1
-        was_open = self._opened_at is not None
-        if self._probing or self._failed >= self.failures:
+        if probe is None:
+            probe = self._probing
+        if self._opened_at is not None:
+            if probe:
+                self._opened_at = self.clock()
+                self._probing = False
+            return
+        if self._failed >= self.failures:
             self._opened_at = self.clock()
             self._probing = False
-            if not was_open and self.on_change:
+            if self.on_change:
                 self.on_change("open")
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` through the breaker; only transient errors and timeouts (a database
         that accepts and never answers) count as failures."""
-        self.before_call()
+        probe = self.before_call()
         try:
             result = await fn()
         except BaseException as exc:
             if isinstance(exc, NeonDBError | Exception) and (
                 is_transient(exc) or isinstance(exc, TimeoutError)
             ):
-                self.record_failure()
-            else:
-                self._probing = False
+                self.record_failure(probe=probe)
+            elif probe:
+                self._probing = False  # inconclusive: let the next caller probe
             raise
         self.record_success()
         return result

@@ -95,6 +95,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     """A new application. `settings` default to the environment (and `.env`)."""
     settings = settings or load_settings(AppSettings)
     auth = Authenticator.from_settings(settings)
+    settings.check_production()
     neon = NeonDB(settings, migrations=MIGRATIONS)
     app = FastAPI(
         title="todo_api",

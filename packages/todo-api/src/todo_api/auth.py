@@ -127,6 +127,9 @@ class Authenticator:
         issuer: str | None = None,
         leeway_s: float = 30.0,
     ) -> None:
+        # Empty is unset: a blank key would verify nothing and answer every token 401.
+        secret = secret or None
+        jwks_url = (jwks_url or "").strip() or None
         if secret is None and jwks_url is None:
             raise ConfigurationError("auth: set AUTH_SECRET or AUTH_JWKS_URL")
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
@@ -151,8 +154,9 @@ class Authenticator:
     @classmethod
     def from_settings(cls, settings: AppSettings) -> Authenticator:
         """Keys from the settings; a generated secret in development when none is set."""
-        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
-        if secret is None and settings.auth_jwks_url is None:
+        secret = (settings.auth_secret.get_secret_value() if settings.auth_secret else "") or None
+        jwks_url = (settings.auth_jwks_url or "").strip() or None
+        if secret is None and jwks_url is None:
             if settings.app_env == "production":
                 raise ConfigurationError(
                     "APP_ENV=production needs AUTH_SECRET (HS256 key, 32+ bytes) or "
@@ -161,7 +165,7 @@ class Authenticator:
             secret = dev_secret(settings.db_data_dir)
         return cls(
             secret=secret,
-            jwks_url=settings.auth_jwks_url,
+            jwks_url=jwks_url,
             audience=settings.auth_audience,
             issuer=settings.auth_issuer,
             leeway_s=settings.auth_leeway_s,

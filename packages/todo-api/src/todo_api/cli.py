@@ -126,6 +126,10 @@ def serve(
     except ConfigurationError as e:
         raise _fail(str(e)) from None
     _authenticator(settings)  # refuse to start without keys in production, before binding
+    try:
+        settings.check_production()
+    except ConfigurationError as e:
+        raise _fail(str(e)) from None
     host = host or settings.host
     port = port or settings.port
     workers = workers or default_workers(settings)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from neondb import DatabaseSettings
+from neondb import ConfigurationError, DatabaseSettings
 
 __all__ = ["AppSettings"]
 
@@ -18,11 +18,22 @@ class AppSettings(DatabaseSettings):
       once and kept in `DB_DATA_DIR/auth_secret` (mode 0600);
     * `AUTH_JWKS_URL`: the identity provider's JWKS (EdDSA, RS256, ES256... tokens);
     * `AUTH_AUDIENCE` / `AUTH_ISSUER`: when set, tokens must carry this `aud` / `iss`;
-    * `APP_ENV`: `production` refuses to start without `AUTH_SECRET` or `AUTH_JWKS_URL`;
+    * `APP_ENV`: `production` refuses to start without `AUTH_SECRET` or `AUTH_JWKS_URL`,
+      and without `DATABASE_URL` (the embedded server is for development);
     * `APP_LOG_FORMAT` / `APP_LOG_LEVEL`: `text` or `json` lines, and the level;
     * `APP_ACCESS_LOG`: a line per request (default: on in development, off in production);
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
+
+    def check_production(self) -> None:
+        """Raise ConfigurationError when APP_ENV=production lacks what only development may
+        go without: a database URL. (Keys are checked by `Authenticator.from_settings`.)
+        An empty variable counts as unset, so `DATABASE_URL=` is refused here rather than
+        quietly starting the embedded server."""
+        if self.app_env == "production" and self.database_url is None:
+            raise ConfigurationError(
+                "APP_ENV=production needs DATABASE_URL: the embedded server is for development"
+            )
 
     @property
     def access_log(self) -> bool:
