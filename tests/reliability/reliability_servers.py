@@ -289,8 +289,7 @@ def start_primary(base: Path) -> PgServer:
     with (server.pgdata / "postgresql.conf").open("a") as conf:
         conf.write("wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '64MB'\n")
     (server.pgdata / "pg_hba.conf").write_text(
-        "host all all 127.0.0.1/32 trust\n"
-        f"host replication {REPLICATION_ROLE} 127.0.0.1/32 trust\n"
+        f"host all all 127.0.0.1/32 trust\nhost replication {REPLICATION_ROLE} 127.0.0.1/32 trust\n"
     )
     server.start()
     server.execute(f"CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION")
@@ -337,3 +336,35 @@ def set_apply_delay(replica: PgServer, delay_ms: int) -> None:
     """`recovery_min_apply_delay` (reloadable): the standby applies each commit this late."""
     replica.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = {delay_ms}")
     replica.execute("SELECT pg_reload_conf()")
+
+
+@dataclass(frozen=True)
+class Replication:
+    primary: PgServer
+    replica: PgServer
+
+    def replica_url(self, db: FreshDB) -> str:
+        return db.url(port=self.replica.port)
+
+    def wait_replayed(self, timeout_s: float = 30.0) -> None:
+        """Until the replica has replayed everything the primary has written so far."""
+        lsn = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = self.replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][
+                0
+            ]
+            if done:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"the replica did not replay up to {lsn} in {timeout_s} s")
+
+    def queries_on(self, server: PgServer, database: str, needle: str) -> int:
+        """How many backends of `database` on `server` last ran a statement containing
+        `needle` (pg_stat_activity keeps each backend's last statement)."""
+        rows = server.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND backend_type = 'client backend' AND query LIKE %s AND pid <> pg_backend_pid()",
+            (database, f"%{needle}%"),
+        )
+        return int(rows[0][0])

@@ -99,6 +99,15 @@ def add_probe_routes(app: FastAPI) -> None:
         """One statement, one round trip."""
         return {"one": int((await session.execute(text("SELECT 1"))).scalar_one())}
 
+    @app.get("/_probe/recovery")
+    async def recovery(session: ReadSession) -> dict[str, bool]:
+        """Where reads go: true on a standby (the replica), false on the primary."""
+        return {
+            "in_recovery": bool(
+                (await session.execute(text("SELECT pg_is_in_recovery()"))).scalar_one()
+            )
+        }
+
     @app.get("/_probe/backend")
     async def backend(session: ReadSession) -> dict[str, Any]:
         row = (

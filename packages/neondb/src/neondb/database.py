@@ -112,6 +112,10 @@ class Database:
         return self._engine
 
     @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    @property
     def read_engine(self) -> AsyncEngine:
         return self._read_engine or self.engine
 

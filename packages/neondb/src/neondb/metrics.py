@@ -218,6 +218,8 @@ if ENABLED:
                 labels=["db", "role"],
             )
             for db in list(_databases):
+                if not db.started:
+                    continue  # stopped (a test's, a reloaded app's): nothing live to report
                 for role, stats in db.pool_stats().items():
                     if isinstance(stats, dict):
                         for n in names:
