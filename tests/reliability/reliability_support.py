@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -257,3 +258,27 @@ def assert_unavailable(o: Outcome, status: int = 503) -> None:
     lowered = o.raw.decode(errors="replace").lower()
     for leak in ("traceback", "select", "insert", "password", "postgresql://", "rel_user_"):
         assert leak not in lowered, o
+
+
+# metrics ------------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition, by name and exact label set (0 when
+    absent, as a counter that never moved)."""
+    want = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = sorted(re.findall(r'[a-zA-Z_]+="(?:[^"\\]|\\.)*"', m.group(2) or ""))
+        if got == want:
+            return float(m.group(3))
+    return 0.0
+
+
+async def scrape(client: Client) -> str:
+    """GET /metrics."""
+    r = await client.http.get("/metrics")
+    assert r.status_code == 200, r.text
+    return r.text

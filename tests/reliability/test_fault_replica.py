@@ -8,44 +8,34 @@ Every test runs with both drivers, through HTTP against the Todo API.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 from reliability_servers import FreshDB, Replication, set_apply_delay
-from reliability_support import AUTH_SECRET, USER, Client, build_app, make_settings, serve
+from reliability_support import (
+    AUTH_SECRET,
+    USER,
+    Client,
+    build_app,
+    make_settings,
+    metric,
+    scrape,
+    serve,
+)
 
 from neondb.proxy import FaultProxy
 from todo_api.auth import issue_token
+from todo_api.settings import AppSettings
 
 
 def replica_settings(
     replication: Replication, db: FreshDB, driver: str, **overrides: object
-) -> object:
+) -> AppSettings:
     return make_settings(
         db.url(),
         database_read_url=replication.replica_url(db),
         db_driver=driver,
         **overrides,
     )
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or m.group(1) != name:
-            continue
-        got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
-        if got == want:
-            return float(m.group(3))
-    return 0.0
-
-
-async def scrape(client: Client) -> str:
-    r = await client.http.get("/metrics")
-    assert r.status_code == 200
-    return r.text
 
 
 async def on_replica(client: Client) -> bool:
