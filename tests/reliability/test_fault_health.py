@@ -24,8 +24,10 @@ async def test_a_saturated_pool_is_busy_not_down_and_a_stopped_server_is_503(
             for _ in range(3)
         ]
         await wait_until(
-            lambda: db.pool_stats()["primary"]["checked_out"] == 2
-            and db.pool_stats()["primary"]["waiting"] >= 1,
+            lambda: (
+                db.pool_stats()["primary"]["checked_out"] == 2
+                and db.pool_stats()["primary"]["waiting"] >= 1
+            ),
             timeout_s=5,
         )
         for _ in range(3):
