@@ -20,6 +20,7 @@ from neondb import Database, DatabaseSettings, parse_url
 from neondb.proxy import FaultProxy
 
 N = int(os.environ.get("BENCH_N", "30"))
+HEAD = ("driver", "mode", "round trips per read", "ms to open a connection", "ms per read")
 
 
 def settings(url: str, driver: str, *, serverless: bool) -> DatabaseSettings:
@@ -80,7 +81,7 @@ async def main() -> None:
             )
             proxy.delay_s = delay_ms / 1000
             print(f"{delay_ms:g} ms added each way; medians of {N}")
-            print("| driver | mode | round trips per read | ms to open a connection | ms per read |")
+            print(f"| {' | '.join(HEAD)} |")
             print("|---|---|---|---|---|")
             for driver in ("asyncpg", "psycopg"):
                 for serverless in (True, False):
