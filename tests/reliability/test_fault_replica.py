@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from reliability_servers import FreshDB, Replication, set_apply_delay
 from reliability_support import (
     AUTH_SECRET,
@@ -79,7 +80,7 @@ async def test_reads_go_to_the_replica_in_one_round_trip_and_writes_to_the_prima
 
 
 async def test_a_replica_down_never_refuses_the_primary_and_reads_fall_back(
-    replication: Replication, replicated_db: FreshDB, driver: str
+    replication: Replication, replicated_db: FreshDB, driver: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stopping the replica: every write 201, every read 200 (served by the primary, within
     the request), the primary's circuit stays closed, /health/db 200 naming the replica
@@ -106,6 +107,10 @@ async def test_a_replica_down_never_refuses_the_primary_and_reads_fall_back(
             assert got.status == 200, got
             assert await on_replica(client) is False
         assert statuses == [201, 200] * 8
+        fallbacks = [
+            r.getMessage() for r in caplog.records if "served by the primary" in r.getMessage()
+        ]
+        assert len(fallbacks) == 1, fallbacks  # logged, at most once per 10 s (with a count)
         assert client.db.breaker.state == "closed"
         assert client.db.read_breaker.state in ("open", "half_open")
 
