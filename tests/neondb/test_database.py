@@ -53,6 +53,7 @@ async def test_start_warms_the_pool_and_stop_closes_it(
             "size": 3,
             "checked_out": 0,
             "checked_in": 3,
+            "waiting": 0,
             "max": 5,
             "timeout_s": 10.0,
         }
@@ -138,6 +139,7 @@ async def test_serverless_mode_keeps_no_pool(neondb_database_url: str, driver: s
             "size": 0,
             "checked_out": 0,
             "checked_in": 0,
+            "waiting": 0,
         }
         opened = db.connections_opened
         for _ in range(3):

@@ -173,7 +173,7 @@ async def test_metrics(api: tuple[httpx.AsyncClient, NeonDB, str], driver: str) 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     assert f'neondb_pool_max{{db="api-{driver}",role="primary"}} 2.0' in r.text
-    assert f'neondb_breaker_state{{db="api-{driver}"}} 0.0' in r.text
+    assert f'neondb_breaker_state{{db="api-{driver}",role="primary"}} 0.0' in r.text
     assert f'neondb_statement_seconds_count{{db="api-{driver}",kind="read"}}' in r.text
 
 

@@ -8,6 +8,9 @@
   front of it, stopped at teardown.
 * `proxy`: a `FaultProxy` in front of `pg_server`.
 * `driver`: runs a test once per driver.
+* `replication` (session): a primary and a hot standby streaming from it (Debian's
+  PostgreSQL 15, the standby made with pg_basebackup); `replicated_db`: a new database on
+  the primary, already replayed on the standby, with its apply delay reset afterwards.
 
 The servers are in `reliability_servers`, the app under test and the HTTP client in
 `reliability_support`.
@@ -28,9 +31,13 @@ from reliability_servers import (
     FreshDB,
     PgBouncer,
     PgServer,
+    Replication,
     free_port,
     give_to,
+    set_apply_delay,
     start_pgbouncer_process,
+    start_primary,
+    start_replica,
 )
 
 from neondb import EmbeddedServer
@@ -127,3 +134,52 @@ def start_pgbouncer(pg_server: PgServer) -> Iterator[Callable[..., PgBouncer]]:
         for bouncer in started:
             bouncer.stop()
             shutil.rmtree(bouncer.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def replication(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replication]:
+    base = tmp_path_factory.mktemp("replication")
+    started: list[PgServer] = []
+    try:
+        primary = start_primary(base / "primary")
+        started.append(primary)
+        replica = start_replica(primary, base / "replica")
+        started.append(replica)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        err = (
+            e.stderr.decode(errors="replace")
+            if isinstance(e, subprocess.CalledProcessError)
+            else ""
+        )
+        logs = "".join(s.log.read_text() for s in started if s.log.exists())
+        for server in started:
+            server.stop("immediate")
+        pytest.fail(f"could not start a primary and its replica: {e}\n{err}\n{logs}")
+    try:
+        yield Replication(primary, replica)
+    finally:
+        for server in reversed(started):
+            if server.is_running():
+                server.stop("immediate")
+
+
+@pytest.fixture
+def replicated_db(replication: Replication) -> Iterator[FreshDB]:
+    """A new database (owner: a new login role) on the primary, replayed on the replica."""
+    primary, replica = replication.primary, replication.replica
+    if not replica.is_running():
+        replica.start()
+    set_apply_delay(replica, 0)
+    tag = uuid.uuid4().hex[:10]
+    db = FreshDB(primary, f"rep_{tag}", f"rep_user_{tag}")
+    primary.execute(f'CREATE ROLE "{db.role}" LOGIN')
+    primary.execute(f'CREATE DATABASE "{db.name}" OWNER "{db.role}"')
+    replication.wait_replayed()
+    try:
+        yield db
+    finally:
+        if not replica.is_running():
+            replica.start()
+        set_apply_delay(replica, 0)
+        primary.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        primary.execute(f'DROP ROLE IF EXISTS "{db.role}"')

@@ -259,3 +259,112 @@ def start_pgbouncer_process(
         err = (base / "stderr.log").read_text(errors="replace")
         raise RuntimeError(f"{e}\n{err}\n{bouncer.log()}") from None
     return bouncer
+
+
+# Streaming replication -------------------------------------------------------------------
+
+DEBIAN_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+REPLICATION_ROLE = "replicator"
+
+
+def debian_pg_bin() -> Path:
+    """Debian's PostgreSQL 15 binaries: pg_basebackup and the server must be one major
+    version, and the embedded wheel's server is another."""
+    if not (DEBIAN_PG_BIN / "pg_basebackup").exists():
+        raise RuntimeError(
+            "the replica tests need Debian's PostgreSQL 15 (`apt-get install postgresql`; "
+            ".ci/run does it)"
+        )
+    return DEBIAN_PG_BIN
+
+
+def start_primary(base: Path) -> PgServer:
+    """A primary that allows streaming replication: a REPLICATION role and a pg_hba line for
+    it (trust, loopback only, like the rest of the test servers)."""
+    base.mkdir(parents=True, exist_ok=True)
+    user = "postgres" if AS_ROOT else None
+    give_to(base, "postgres")
+    server = PgServer(debian_pg_bin(), base, free_port(), user)
+    server.initdb()
+    with (server.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '64MB'\n")
+    (server.pgdata / "pg_hba.conf").write_text(
+        f"host all all 127.0.0.1/32 trust\nhost replication {REPLICATION_ROLE} 127.0.0.1/32 trust\n"
+    )
+    server.start()
+    server.execute(f"CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION")
+    return server
+
+
+def start_replica(primary: PgServer, base: Path) -> PgServer:
+    """A hot standby of `primary`, made with pg_basebackup: `-R` writes `standby.signal`
+    and `primary_conninfo`; the copied configuration gets its own port."""
+    base.mkdir(parents=True, exist_ok=True)
+    give_to(base, "postgres")
+    replica = PgServer(primary.bin_dir, base, free_port(), primary.user)
+    run_as: dict[str, Any] = {"user": primary.user} if primary.user else {}
+    subprocess.run(
+        [
+            str(primary.bin_dir / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            REPLICATION_ROLE,
+            "-D",
+            str(replica.pgdata),
+            "-X",
+            "stream",
+            "-R",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        **run_as,
+    )
+    assert (replica.pgdata / "standby.signal").exists()
+    assert "primary_conninfo" in (replica.pgdata / "postgresql.auto.conf").read_text()
+    with (replica.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write(f"port = {replica.port}\nhot_standby = on\n")
+    replica.start()
+    return replica
+
+
+def set_apply_delay(replica: PgServer, delay_ms: int) -> None:
+    """`recovery_min_apply_delay` (reloadable): the standby applies each commit this late."""
+    replica.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = {delay_ms}")
+    replica.execute("SELECT pg_reload_conf()")
+
+
+@dataclass(frozen=True)
+class Replication:
+    primary: PgServer
+    replica: PgServer
+
+    def replica_url(self, db: FreshDB) -> str:
+        return db.url(port=self.replica.port)
+
+    def wait_replayed(self, timeout_s: float = 30.0) -> None:
+        """Until the replica has replayed everything the primary has written so far."""
+        lsn = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = self.replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][
+                0
+            ]
+            if done:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"the replica did not replay up to {lsn} in {timeout_s} s")
+
+    def queries_on(self, server: PgServer, database: str, needle: str) -> int:
+        """How many backends of `database` on `server` last ran a statement containing
+        `needle` (pg_stat_activity keeps each backend's last statement)."""
+        rows = server.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND backend_type = 'client backend' AND query LIKE %s AND pid <> pg_backend_pid()",
+            (database, f"%{needle}%"),
+        )
+        return int(rows[0][0])

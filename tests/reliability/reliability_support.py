@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -98,6 +99,15 @@ def add_probe_routes(app: FastAPI) -> None:
     async def one(session: ReadSession) -> dict[str, int]:
         """One statement, one round trip."""
         return {"one": int((await session.execute(text("SELECT 1"))).scalar_one())}
+
+    @app.get("/_probe/recovery")
+    async def recovery(session: ReadSession) -> dict[str, bool]:
+        """Where reads go: true on a standby (the replica), false on the primary."""
+        return {
+            "in_recovery": bool(
+                (await session.execute(text("SELECT pg_is_in_recovery()"))).scalar_one()
+            )
+        }
 
     @app.get("/_probe/backend")
     async def backend(session: ReadSession) -> dict[str, Any]:
@@ -248,3 +258,27 @@ def assert_unavailable(o: Outcome, status: int = 503) -> None:
     lowered = o.raw.decode(errors="replace").lower()
     for leak in ("traceback", "select", "insert", "password", "postgresql://", "rel_user_"):
         assert leak not in lowered, o
+
+
+# metrics ------------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition, by name and exact label set (0 when
+    absent, as a counter that never moved)."""
+    want = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = sorted(re.findall(r'[a-zA-Z_]+="(?:[^"\\]|\\.)*"', m.group(2) or ""))
+        if got == want:
+            return float(m.group(3))
+    return 0.0
+
+
+async def scrape(client: Client) -> str:
+    """GET /metrics."""
+    r = await client.http.get("/metrics")
+    assert r.status_code == 200, r.text
+    return r.text

@@ -27,6 +27,7 @@ from neondb.errors import (
 )
 from neondb.health import database_health
 from neondb.logs import RequestContextMiddleware, current_request_id, logging_config
+from neondb.replicas import primary_reads
 from neondb.resilience import CircuitBreaker
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings, load_settings
@@ -63,6 +64,7 @@ __all__ = [
     "load_settings",
     "logging_config",
     "parse_url",
+    "primary_reads",
 ]
 
 # Names whose modules need an extra: imported when first asked for.

@@ -65,6 +65,11 @@ def _opener(
     spec = url.spec(driver, connect_timeout_s=settings.db_connect_timeout_s)
     timeout_s = settings.db_statement_timeout_s
     setup = None if pooler or not timeout_s else timeout_s
+    # Serverless: every request opens a connection, so on a direct endpoint the timeout
+    # rides in the startup packet instead of costing a `SET` round trip per request.
+    startup_ms = str(round(setup * 1000)) if setup is not None and settings.db_serverless else None
+    if startup_ms is not None:
+        setup = None
 
     async def open_asyncpg() -> Any:
         import asyncpg
@@ -72,6 +77,11 @@ def _opener(
         kwargs = dict(spec.kwargs)
         if pooler:
             kwargs["statement_cache_size"] = 0  # PgBouncer: named statements do not survive
+        if startup_ms is not None:
+            kwargs["server_settings"] = {
+                **kwargs.get("server_settings", {}),
+                "statement_timeout": startup_ms,
+            }
         conn = await asyncpg.connect(**kwargs)
         if setup is not None:
             try:
@@ -84,8 +94,15 @@ def _opener(
     async def open_psycopg() -> Any:
         import psycopg
 
+        conninfo = spec.kwargs["conninfo"]
+        if startup_ms is not None:
+            from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+            params = conninfo_to_dict(conninfo)
+            options = f"{params.get('options') or ''} -c statement_timeout={startup_ms}"
+            conninfo = make_conninfo(conninfo, options=options.strip())
         conn = await psycopg.AsyncConnection.connect(
-            spec.kwargs["conninfo"],
+            conninfo,
             prepare_threshold=None if pooler else 5,
             autocommit=True,
         )

@@ -34,7 +34,9 @@ from neondb.database import Database
 from neondb.errors import NeonDBError, classify, retry_after_header
 from neondb.health import database_health
 from neondb.logs import RequestContextMiddleware
+from neondb.metrics import HttpMetricsMiddleware
 from neondb.migrations import Migrations
+from neondb.replicas import ReadRoutingMiddleware, Scope, authorization_key
 from neondb.session import NeonSession
 from neondb.settings import DatabaseSettings
 
@@ -124,10 +126,14 @@ class NeonDB:
         *,
         migrations: Migrations | None = None,
         name: str = "neondb",
+        client_key: Callable[[Scope], int | None] = authorization_key,
     ) -> None:
+        """`client_key`: who a request's client is, for read-your-writes with a replica
+        (see `neondb.replicas`); by default its Authorization header."""
         self.settings = settings or DatabaseSettings()
         self.db = Database(self.settings, name=name)
         self.migrations = migrations
+        self.client_key = client_key
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -165,6 +171,10 @@ class NeonDB:
         `/health`, `/health/db`, `/metrics`, and `/admin/db/pool-stats` when an `admin`
         dependency is given."""
         app.add_middleware(RequestContextMiddleware, access_log=access_log)
+        if self.settings.database_read_url is not None:
+            app.add_middleware(ReadRoutingMiddleware, client_key=self.client_key)
+        if metrics:
+            app.add_middleware(HttpMetricsMiddleware)  # outermost: it times the whole request
         app.add_exception_handler(NeonDBError, _handle_neondb_error)
         app.add_exception_handler(SQLAlchemyError, _handle_sqlalchemy_error)
         app.include_router(health_router(admin=admin, metrics=metrics, tags=list(tags)))
@@ -188,7 +198,9 @@ def health_router(
         responses={503: {"description": "database unreachable"}},
     )
     async def health_db(request: Request) -> JSONResponse:
-        """Readiness: a real `SELECT 1`, with latency, pool figures and breaker state."""
+        """Readiness: a real `SELECT 1` per engine, with latency, pool figures and breaker
+        states. 200 while the primary answers, also when its pool is busy (`busy: true`,
+        checked on a connection outside the pool); 503 with Retry-After when it does not."""
         body = await database_health(get_database(request))
         status = 200 if body["status"] == "healthy" else 503
         wait = max(2.0, body["breaker"]["retry_after_s"])  # the cool-down, when open
@@ -206,6 +218,10 @@ def health_router(
                 "breaker": {
                     "state": db.breaker.state,
                     "consecutive_failures": db.breaker.consecutive_failures,
+                },
+                "breakers": {
+                    role: {"state": b.state, "consecutive_failures": b.consecutive_failures}
+                    for role, b in db.breakers().items()
                 },
                 "connections_opened": db.connections_opened,
                 "driver": db.driver,

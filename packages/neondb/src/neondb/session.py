@@ -28,7 +28,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.visitors import iterate
 
-from neondb.errors import classify, is_transient
+from neondb.errors import DatabaseUnavailableError, classify, is_transient
 from neondb.resilience import retrying
 
 __all__ = ["NeonSession", "is_read_statement"]
@@ -64,7 +64,10 @@ class NeonSession(AsyncSession):
     """AsyncSession with safe retries, a client-side statement backstop and mapped errors.
 
     `info` keys set by `Database`: `neondb.read_only`, `neondb.autocommit`,
-    `neondb.retry` (attempts, backoff_s), `neondb.backstop_s`, `neondb.observe`.
+    `neondb.retry` (attempts, backoff_s), `neondb.backstop_s`, `neondb.observe` (statement
+    time), `neondb.slow_s`, `neondb.pool` (a `metrics.PoolMeter`: the wait for a
+    connection), `neondb.fallback` (a replica's: rebinds to the primary when the replica
+    gives no connection). Set here: `neondb.wrote` (a statement that is not a read ran).
     """
 
     sync_session_class = NeonSyncSession
@@ -100,10 +103,12 @@ class NeonSession(AsyncSession):
 
     async def _once(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         backstop = self.info.get("neondb.backstop_s")
-        # Check out (or open) the connection before the backstop starts: it bounds the
-        # statement; opening a connection has its own limits (connect timeout, retries,
-        # breaker), and a database that cannot be reached is a 503, not a statement timeout.
-        await self.connection()
+        # Check out (or open) the connection before the backstop and the statement timer
+        # start: they bound and time the statement; opening a connection has its own limits
+        # (connect timeout, retries, breaker), and a database that cannot be reached is a
+        # 503, not a statement timeout. The pool wait is measured apart.
+        await self._checkout()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(backstop):
                 return await fn(statement, *args, **kw)
@@ -112,6 +117,40 @@ class NeonSession(AsyncSession):
             # connection's state is unknown, so it must not go back to the pool.
             await self.invalidate()
             raise
+        finally:
+            elapsed = time.perf_counter() - started
+            observe = self.info.get("neondb.observe")
+            if observe is not None:
+                observe(elapsed)
+            if elapsed > self.info.get("neondb.slow_s", float("inf")):
+                # The statement's text only: parameters may hold personal data.
+                log.warning("slow statement (%.0f ms): %.200s", elapsed * 1000, statement)
+
+    async def _checkout(self) -> None:
+        """The session's connection: held already (nothing to wait for), or checked out of
+        the pool, timed as the pool wait. A replica that cannot give one (down, refusing,
+        its circuit open; nothing was sent) hands the session to the primary."""
+        if self.in_transaction():
+            await self.connection()
+            return
+        meter = self.info.get("neondb.pool")
+        started = time.perf_counter()
+        if meter is not None:
+            meter.waiting += 1
+        try:
+            await self.connection()
+        except DatabaseUnavailableError as e:
+            fall_back = self.info.get("neondb.fallback")
+            if fall_back is None:
+                raise
+            await fall_back(self, e)
+        else:
+            return
+        finally:
+            if meter is not None:
+                meter.waiting -= 1
+                meter.waited(time.perf_counter() - started)
+        await self._checkout()  # on the primary now
 
     async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         # A read session vouches for its text statements; expressions are checked anyway.
@@ -122,8 +161,9 @@ class NeonSession(AsyncSession):
         # Retrying is safe when nothing before this statement could be lost with the
         # connection: the first statement of a transaction, or any in autocommit mode.
         safe = read and (autocommit or not self.in_transaction())
+        if not read:
+            self.info["neondb.wrote"] = True  # read-your-writes: see `neondb.replicas`
         attempts, backoff_s = self.info.get("neondb.retry", (1, 0.0))
-        started = time.perf_counter()
         try:
             if not safe or attempts <= 1:
                 return await self._once(fn, statement, *args, **kw)
@@ -146,11 +186,3 @@ class NeonSession(AsyncSession):
             if mapped is None or mapped is e:
                 raise
             raise mapped from e
-        finally:
-            elapsed = time.perf_counter() - started
-            observe = self.info.get("neondb.observe")
-            if observe is not None:
-                observe(elapsed)
-            if elapsed > self.info.get("neondb.slow_s", float("inf")):
-                # The statement's text only: parameters may hold personal data.
-                log.warning("slow statement (%.0f ms): %.200s", elapsed * 1000, statement)

@@ -55,6 +55,13 @@ class DatabaseSettings(BaseSettings):
         default=None,
         description="asyncpg or psycopg; unset: the driver the URL names, else asyncpg",
     )
+    db_read_your_writes_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="after a client writes, its reads go to the primary for this long "
+        "(DATABASE_READ_URL only; 0: never)",
+    )
     db_pool_min: int = Field(default=5, ge=0, le=1000)
     db_pool_max: int = Field(default=20, ge=1, le=1000)
     db_pool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
