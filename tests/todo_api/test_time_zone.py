@@ -120,3 +120,17 @@ async def test_a_value_postgresql_refuses_is_still_a_422(neondb_schema_url: str)
         r = await client.post("/test/refused")
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["msg"] == "value rejected by the database"
+
+
+async def test_a_value_the_driver_refuses_to_send_is_a_422(neondb_schema_url: str) -> None:
+    """psycopg refuses a NUL in text before sending anything: a DataError without SQLSTATE,
+    like a decoding one, but raised before the statement ran, so the client's value."""
+    app = create_app(app_settings(neondb_schema_url, db_driver="psycopg"))
+
+    @app.post("/test/nul")
+    async def nul(session: AutocommitSession) -> None:
+        await session.execute(text("SELECT CAST(:v AS text)"), {"v": "a\x00b"})
+
+    async for client in started(app):
+        r = await client.post("/test/nul")
+        assert r.status_code == 422, r.text

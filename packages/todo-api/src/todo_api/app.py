@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, IntegrityError
 
 from neondb import NeonDB, load_settings
-from neondb.errors import sqlstate_of
+from neondb.errors import exception_chain, sqlstate_of
 from todo_api import conversations, tasks
 from todo_api.auth import AuthenticationGate, Authenticator, require_admin
 from todo_api.models import MIGRATIONS
@@ -108,13 +108,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(shown)})
 
 
+# Driver functions that turn received rows into Python values (psycopg's cursors and
+# transformer, SQLAlchemy's async adapters calling them).
+_READING_RESULTS = frozenset({"fetchone", "fetchmany", "fetchall", "load_row", "load_rows"})
+
+
+def _raised_reading_results(exc: BaseException) -> bool:
+    """The error came from decoding a result: the statement had run (and, in autocommit,
+    committed). Told by where it was raised, as drivers give such errors no SQLSTATE."""
+    for e in exception_chain(exc):
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name in _READING_RESULTS:
+                return True
+            tb = tb.tb_next
+    return False
+
+
 async def _rejected_by_database(request: Request, exc: Exception) -> Response:
     # The models validate what PostgreSQL would refuse; this is the backstop, so a value that
     # slipped through is still the client's 422, in FastAPI's validation shape, never a 500.
-    # Only PostgreSQL's own refusal (an error with a SQLSTATE) is the client's: a DataError
-    # the driver raises while decoding a result comes after the statement ran, and after an
-    # autocommit write committed. Calling that "bad input" would hide a committed write.
-    if sqlstate_of(exc) is None:
+    # But a DataError the driver raises while decoding a result comes after the statement
+    # ran, and after an autocommit write committed: calling that "bad input" would hide a
+    # committed write. (A value the driver refuses to send is still the client's.)
+    if sqlstate_of(exc) is None and _raised_reading_results(exc):
         log.error(
             "%s %s: cannot decode a database result (the statement ran; an autocommit "
             "write is committed)",
