@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from neondb.body_limit import BodyLimitMiddleware, RequestBodyTooLarge, too_large_detail
+from neondb import BodyLimitMiddleware
+from neondb.body_limit import RequestBodyTooLarge, too_large_detail
 
 LIMIT = 1000
 
