@@ -438,3 +438,30 @@ async def test_target_session_attrs_reaches_the_driver(
     assert info.value.transient is False  # a primary does not become a standby by waiting
     assert time.monotonic() - started < 2
     assert db._engine is None
+
+
+# time zone ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooler", ["none", "transaction"])
+async def test_sessions_speak_utc_whatever_the_role_default(
+    own_role: str, driver: str, pooler: str
+) -> None:
+    """psycopg decodes timestamptz text in the session's zone: 14 hours east of UTC,
+    9999-12-31 23:30 UTC is year 10000, which Python cannot hold."""
+    admin_execute(
+        own_role, f"ALTER ROLE \"{role_of(own_role)}\" SET TimeZone = 'Pacific/Kiritimati'"
+    )
+    url = with_query(own_role, options="-c search_path=public")  # merged with ours
+    async with open_database(url, db_driver=driver, db_pooler=pooler) as db:
+        probe = text(
+            "SELECT current_setting('TimeZone'), current_setting('search_path'), "
+            "timestamptz '9999-12-31 23:30+00'"
+        )
+        for kind in ("read_session", "autocommit", "session"):
+            async with getattr(db, kind)() as s:
+                zone, path, last = (await s.execute(probe)).one()
+            assert (kind, zone, last.isoformat()) == (kind, "UTC", "9999-12-31T23:30:00+00:00")
+            assert path == "public"
+        with db.sync_engine().connect() as conn:
+            assert conn.execute(probe).one()[0] == "UTC"

@@ -248,3 +248,24 @@ def test_unavailable_transient_flag() -> None:
     assert not is_transient(refused)
     assert refused.status_code == 503
     assert DatabaseUnavailableError("again").transient is True  # per instance, not the class
+
+
+class _CostlyToPrint(Exception):
+    """An app's exception whose text is expensive to build (a web framework's validation
+    error formats the whole rejected body)."""
+
+    def __init__(self) -> None:
+        super().__init__(["a" * 10] * 1000)
+
+    def __str__(self) -> str:
+        raise AssertionError("str() was called")
+
+
+def test_classifying_never_formats_an_exception() -> None:
+    exc = _CostlyToPrint()
+    assert classify(exc) is None
+    assert classify(exc, writing=True) is None
+    assert not is_transient(exc)
+    wrapped = RuntimeError("while handling")
+    wrapped.__cause__ = exc
+    assert classify(wrapped) is None

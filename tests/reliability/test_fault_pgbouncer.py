@@ -275,3 +275,27 @@ async def test_prepared_statements_never_break(fresh_db, start_pgbouncer, driver
             await db.stop()
     finally:
         await holder.close()
+
+
+async def test_sessions_speak_utc_behind_pgbouncer(fresh_db, start_pgbouncer, driver: str) -> None:
+    """A role whose default zone is 14 hours east of UTC, behind PgBouncer 1.18 (which
+    refuses an `options` startup parameter): each session is in UTC, and an instant that
+    is year 10000 in that zone decodes. Another client of the same server connection keeps
+    its own zone (PgBouncer tracks TimeZone per client)."""
+    fresh_db.execute(f"ALTER ROLE \"{fresh_db.role}\" SET TimeZone = 'Pacific/Kiritimati'")
+    bouncer: PgBouncer = start_pgbouncer([fresh_db.role], pool_size=1)
+    url = fresh_db.url(port=bouncer.port)
+    settings = make_settings(url, db_driver=driver, db_pooler="transaction", db_pool_max=2)
+    db = Database(settings)
+    await db.start()
+    try:
+        probe = text("SELECT current_setting('TimeZone'), timestamptz '9999-12-31 23:30+00'")
+        for kind in ("read_session", "autocommit", "session"):
+            async with getattr(db, kind)() as s:
+                zone, last = (await s.execute(probe)).one()
+            assert (kind, zone, last.isoformat()) == (kind, "UTC", "9999-12-31T23:30:00+00:00")
+        with psycopg.connect(url, autocommit=True) as other:
+            row = other.execute("SELECT current_setting('TimeZone')").fetchone()
+        assert row == ("Pacific/Kiritimati",)
+    finally:
+        await db.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -195,3 +196,63 @@ async def test_delete_cascades_to_messages(client: httpx.AsyncClient, api_app: A
     r = await client.delete(f"/api/conversations/{conv['id']}", headers=ALICE)
     assert r.status_code == 404
     assert r.json() == {"detail": "Conversation not found"}
+
+
+async def updated_at_and_newest_message(api_app: Any, cid: int) -> tuple[datetime, datetime]:
+    async with api_app.state.neondb.read_session() as s:
+        row = (
+            await s.execute(
+                text(
+                    "SELECT c.updated_at, max(m.created_at) AS newest FROM conversations c "
+                    "JOIN messages m ON m.conversation_id = c.id WHERE c.id = :id "
+                    "GROUP BY c.updated_at"
+                ),
+                {"id": cid},
+            )
+        ).one()
+    return row.updated_at, row.newest
+
+
+async def test_updated_at_never_falls_behind_a_post_that_committed_first(
+    client: httpx.AsyncClient, api_app: Any
+) -> None:
+    """now() is when a post's transaction started: the post that started first but commits
+    last must not move `updated_at` back before the other's message."""
+    conv = await new_conversation(client)
+    # The first post to reach its UPDATE waits there before touching the row (a statement
+    # trigger runs before any row is locked); the post sent meanwhile commits first.
+    async with api_app.state.neondb.autocommit() as s:
+        for sql in [
+            "CREATE TABLE slow_once (n int)",
+            "INSERT INTO slow_once VALUES (1)",
+            """CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM slow_once
+                WHERE n IN (SELECT n FROM slow_once FOR UPDATE SKIP LOCKED);
+                IF FOUND THEN
+                    PERFORM pg_sleep(0.6);
+                END IF;
+                RETURN NULL;
+            END $$""",
+            "CREATE TRIGGER slow_once BEFORE UPDATE ON conversations "
+            "FOR EACH STATEMENT EXECUTE FUNCTION slow_once()",
+        ]:
+            await s.execute(text(sql))
+    first = asyncio.create_task(post(client, conv["id"], "started first"))
+    await asyncio.sleep(0.25)
+    second = await post(client, conv["id"], "committed first")
+    earlier = await first
+    assert when(earlier["created_at"]) < when(second["created_at"])
+    updated_at, newest = await updated_at_and_newest_message(api_app, conv["id"])
+    assert newest == when(second["created_at"])
+    assert updated_at >= newest
+
+
+async def test_updated_at_covers_every_message_of_concurrent_posts(
+    client: httpx.AsyncClient, api_app: Any
+) -> None:
+    conv = await new_conversation(client)
+    for _ in range(3):
+        await asyncio.gather(*(post(client, conv["id"], f"m{i}") for i in range(10)))
+        updated_at, newest = await updated_at_and_newest_message(api_app, conv["id"])
+        assert updated_at >= newest

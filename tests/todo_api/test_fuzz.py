@@ -1,5 +1,7 @@
 """Property-based fuzzing from the app's own OpenAPI schema (schemathesis): no 5xx, no
-response outside the schema, whatever the input."""
+response outside the schema (status codes included), whatever the input, and whoever
+calls: an admin, an ordinary user (403 on the admin route), or nobody (401 everywhere
+but the health routes)."""
 
 from __future__ import annotations
 
@@ -110,3 +112,34 @@ def test_api_conforms_to_its_schema(
         case.call_and_validate(headers=HEADERS, checks=CHECKS)
 
     run()
+
+
+CALLERS = {"anonymous": {}, "user": auth_headers("fuzzer")}
+
+
+@pytest.mark.parametrize("caller", sorted(CALLERS))
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_every_status_is_documented_for_other_callers(
+    api_schema: Any, method: str, path: str, caller: str
+) -> None:
+    """The 401 of a missing token and the 403 of a non-admin are in each route's schema."""
+    operation = api_schema[path][method]
+    seen: set[int] = set()
+
+    @given(case=operation.as_strategy(GenerationMode.POSITIVE))
+    @settings(
+        max_examples=5,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: Any) -> None:
+        response = case.call_and_validate(headers=CALLERS[caller], checks=CHECKS)
+        seen.add(response.status_code)
+
+    run()
+    if path.startswith("/api/") and caller == "anonymous":
+        assert seen == {401}
+    if path == "/admin/db/pool-stats":
+        assert seen == {401 if caller == "anonymous" else 403}

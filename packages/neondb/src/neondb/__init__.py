@@ -34,11 +34,13 @@ from neondb.settings import DatabaseSettings, load_settings
 from neondb.url import DatabaseURL, parse_url
 
 if TYPE_CHECKING:
+    from neondb.body_limit import BodyLimitMiddleware
     from neondb.fastapi import AutocommitSession, DbSession, NeonDB, ReadSession, get_database
     from neondb.migrations import MigrationDriftError, Migrations
 
 __all__ = [
     "AutocommitSession",
+    "BodyLimitMiddleware",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
@@ -70,6 +72,7 @@ __all__ = [
 # Names whose modules need an extra: imported when first asked for.
 _LAZY = {
     "AutocommitSession": "neondb.fastapi",
+    "BodyLimitMiddleware": "neondb.body_limit",
     "DbSession": "neondb.fastapi",
     "NeonDB": "neondb.fastapi",
     "ReadSession": "neondb.fastapi",

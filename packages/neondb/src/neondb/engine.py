@@ -9,7 +9,14 @@ Round trips are the cost that matters on Neon, so:
   transaction pooler, where session state does not stick, it is `SET LOCAL` at the start of
   each explicit transaction (single statements rely on the role default, see `Database`);
 * the pool is fixed-size (`max_overflow=0`): overflow connections would be closed and
-  reopened under steady load, each paying a TLS handshake and a login.
+  reopened under steady load, each paying a TLS handshake and a login;
+* sessions speak UTC (`TimeZone=UTC`), whatever the server's or the role's default: psycopg
+  decodes `timestamptz` text in the session's zone, and an instant near year 9999 in UTC
+  can be year 10000 in a zone east of it, which Python cannot hold. Sent at login, without
+  a round trip: asyncpg as a startup parameter (PgBouncer tracks `TimeZone`), psycopg as
+  `options=-c TimeZone=UTC` on a direct endpoint; behind a pooler, where PgBouncer before
+  1.20 refuses `options`, psycopg sends one `SET` when a connection opens (PgBouncer keeps
+  it for the client, `TimeZone` being one of the parameters it tracks).
 """
 
 from __future__ import annotations
@@ -46,6 +53,26 @@ _DIALECTS: dict[Driver, str] = {
 }
 
 
+SESSION_TIME_ZONE = "UTC"
+_SET_TIME_ZONE = f"SET TimeZone TO '{SESSION_TIME_ZONE}'"
+
+
+def _utc_conninfo(conninfo: str) -> str:
+    """`conninfo` with `-c TimeZone=UTC` added to its `options` (after any given there, such
+    as Neon's `endpoint=...` or a `search_path`; the last setting wins)."""
+    return _with_option(conninfo, f"-c TimeZone={SESSION_TIME_ZONE}")
+
+
+def _with_option(conninfo: str, option: str) -> str:
+    """`conninfo` with `option` appended to its startup `options` (the last setting wins)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(conninfo)
+    given = str(params.get("options") or "").strip()
+    params["options"] = f"{given} {option}" if given else option
+    return make_conninfo("", **params)
+
+
 def _timeout_sql(seconds: float, *, local: bool = False) -> str:
     scope = "LOCAL " if local else ""
     return f"SET {scope}statement_timeout = {round(seconds * 1000)}"
@@ -75,6 +102,10 @@ def _opener(
         import asyncpg
 
         kwargs = dict(spec.kwargs)
+        kwargs["server_settings"] = {
+            **kwargs.get("server_settings", {}),
+            "TimeZone": SESSION_TIME_ZONE,
+        }
         if pooler:
             kwargs["statement_cache_size"] = 0  # PgBouncer: named statements do not survive
         if startup_ms is not None:
@@ -91,22 +122,21 @@ def _opener(
                 raise
         return conn
 
+    conninfo = spec.kwargs.get("conninfo", "")
+    if driver == "psycopg" and not pooler:
+        conninfo = _utc_conninfo(conninfo)
+    if driver == "psycopg" and startup_ms is not None:
+        conninfo = _with_option(conninfo, f"-c statement_timeout={startup_ms}")
+
     async def open_psycopg() -> Any:
         import psycopg
 
-        conninfo = spec.kwargs["conninfo"]
-        if startup_ms is not None:
-            from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-            params = conninfo_to_dict(conninfo)
-            options = f"{params.get('options') or ''} -c statement_timeout={startup_ms}"
-            conninfo = make_conninfo(conninfo, options=options.strip())
         conn = await psycopg.AsyncConnection.connect(
-            conninfo,
-            prepare_threshold=None if pooler else 5,
-            autocommit=True,
+            conninfo, prepare_threshold=None if pooler else 5, autocommit=True
         )
         try:
+            if pooler:
+                await conn.execute(_SET_TIME_ZONE)
             if setup is not None:
                 await conn.execute(_timeout_sql(setup))
             await conn.set_autocommit(False)
@@ -290,6 +320,8 @@ def build_sync_engine(url: DatabaseURL, settings: DatabaseSettings, *, pooler: b
     conninfo = url.spec("psycopg", connect_timeout_s=settings.db_connect_timeout_s).kwargs[
         "conninfo"
     ]
+    if not pooler:
+        conninfo = _utc_conninfo(conninfo)
     timeout_s = settings.db_statement_timeout_s
 
     def creator() -> Any:
@@ -303,6 +335,8 @@ def build_sync_engine(url: DatabaseURL, settings: DatabaseSettings, *, pooler: b
                 conn = psycopg.connect(
                     conninfo, prepare_threshold=None if pooler else 5, autocommit=True
                 )
+        if pooler:
+            conn.execute(_SET_TIME_ZONE)
         if timeout_s and not pooler:
             conn.execute(_timeout_sql(timeout_s))
         conn.autocommit = False

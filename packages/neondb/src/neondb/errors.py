@@ -195,6 +195,14 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         todo.extend([getattr(e, "orig", None), e.__cause__, e.__context__])
 
 
+def _message(exc: BaseException) -> str:
+    """An exception's message, lower-cased, from its string arguments, where drivers, the
+    OS and libpq put it. Never `str(exc)`: that can cost anything (a web framework's
+    validation error formats the whole request body it rejected), and these checks run on
+    every exception a session sees, the app's own included."""
+    return " ".join(a for a in exc.args if isinstance(a, str)).lower()
+
+
 def sqlstate_of(exc: BaseException) -> str | None:
     """The SQLSTATE anywhere in the chain (asyncpg: `sqlstate`, psycopg: `sqlstate`)."""
     for e in exception_chain(exc):
@@ -224,7 +232,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if type(e).__name__ in {"ConnectionDoesNotExistError", "ConnectionFailureError"}:
             return True
-        if any(m in str(e).lower() for m in TRANSIENT_MESSAGES):
+        if any(m in _message(e) for m in TRANSIENT_MESSAGES):
             return True
     return False
 
@@ -236,7 +244,7 @@ def is_login_rejected(exc: BaseException) -> bool:
     if code is not None:
         return code.startswith("28") or code == "3D000"
     return any(
-        "fatal" in (text := str(e).lower()) and any(m in text for m in LOGIN_REJECTED_MESSAGES)
+        "fatal" in (text := _message(e)) and any(m in text for m in LOGIN_REJECTED_MESSAGES)
         for e in exception_chain(exc)
     )
 
@@ -245,7 +253,7 @@ def is_unresolvable(exc: BaseException) -> bool:
     """The host name does not resolve (asyncpg: socket.gaierror; libpq: its message)."""
     return any(
         isinstance(e, socket.gaierror)
-        or any(m in str(e).lower() for m in ("failed to resolve host", "could not translate host"))
+        or any(m in _message(e) for m in ("failed to resolve host", "could not translate host"))
         for e in exception_chain(exc)
     )
 
@@ -253,7 +261,7 @@ def is_unresolvable(exc: BaseException) -> bool:
 def is_timeout(exc: BaseException) -> bool:
     """A connect or statement wait that ran out (asyncpg: TimeoutError; libpq: a message)."""
     return any(
-        isinstance(e, TimeoutError) or "timeout expired" in str(e).lower()
+        isinstance(e, TimeoutError) or "timeout expired" in _message(e)
         for e in exception_chain(exc)
     )
 

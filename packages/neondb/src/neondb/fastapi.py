@@ -27,9 +27,11 @@ try:
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from pydantic import BaseModel
 except ImportError as e:
     raise missing_extra("fastapi", "neondb.fastapi (NeonDB and the session dependencies)") from e
 
+from neondb.body_limit import BodyLimitMiddleware
 from neondb.database import Database
 from neondb.errors import NeonDBError, classify, retry_after_header
 from neondb.health import database_health
@@ -43,6 +45,7 @@ from neondb.settings import DatabaseSettings
 __all__ = [
     "AutocommitSession",
     "DbSession",
+    "ErrorMessage",
     "NeonDB",
     "ReadSession",
     "get_database",
@@ -79,6 +82,12 @@ AutocommitSession = Annotated[NeonSession, Depends(_autocommit, scope="function"
 """Each statement commits on its own: one round trip for a one-statement route."""
 ReadSession = Annotated[NeonSession, Depends(_read, scope="function")]
 """Reads only: the replica when configured; retried safely on a lost connection."""
+
+
+class ErrorMessage(BaseModel):
+    """The body of an error response: `{"detail": "..."}` (FastAPI's shape)."""
+
+    detail: str
 
 
 def _error_response(exc: NeonDBError) -> JSONResponse:
@@ -165,11 +174,18 @@ class NeonDB:
         metrics: bool = True,
         tags: Sequence[str] = ("health",),
         access_log: bool = False,
+        max_body_bytes: int | None = None,
     ) -> None:
         """Add the error handlers, the request-id middleware (`X-Request-ID` echoed or made,
         on every log line; an access line per request with `access_log`), and the routes
         `/health`, `/health/db`, `/metrics`, and `/admin/db/pool-stats` when an `admin`
-        dependency is given."""
+        dependency is given. With `max_body_bytes`, a larger request body is a 413, refused
+        while it is read (`BodyLimitMiddleware`, inside the request-id middleware so the 413
+        carries an id and an access line).
+
+        Middleware the app adds before this call runs inside these two."""
+        if max_body_bytes is not None:
+            app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
         app.add_middleware(RequestContextMiddleware, access_log=access_log)
         if self.settings.database_read_url is not None:
             app.add_middleware(ReadRoutingMiddleware, client_key=self.client_key)
@@ -177,7 +193,11 @@ class NeonDB:
             app.add_middleware(HttpMetricsMiddleware)  # outermost: it times the whole request
         app.add_exception_handler(NeonDBError, _handle_neondb_error)
         app.add_exception_handler(SQLAlchemyError, _handle_sqlalchemy_error)
-        app.include_router(health_router(admin=admin, metrics=metrics, tags=list(tags)))
+        app.include_router(
+            health_router(
+                admin=admin, metrics=metrics, tags=list(tags), max_body_bytes=max_body_bytes
+            )
+        )
 
 
 def health_router(
@@ -185,8 +205,17 @@ def health_router(
     admin: Callable[..., Any] | Callable[..., Awaitable[Any]] | None = None,
     metrics: bool = True,
     tags: list[str] | None = None,
+    max_body_bytes: int | None = None,
 ) -> APIRouter:
-    router = APIRouter(tags=list(tags or ["health"]))
+    """The health, metrics and admin routes. Their OpenAPI entries list every status they
+    answer: the 413 when a body limit is installed, the admin dependency's 401 and 403."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    if max_body_bytes is not None:
+        responses[413] = {
+            "model": ErrorMessage,
+            "description": f"request body over {max_body_bytes} bytes",
+        }
+    router = APIRouter(tags=list(tags or ["health"]), responses=responses)
 
     @router.get("/health")
     async def health() -> dict[str, str]:
@@ -209,7 +238,14 @@ def health_router(
 
     if admin is not None:
 
-        @router.get("/admin/db/pool-stats", dependencies=[Depends(admin)])
+        @router.get(
+            "/admin/db/pool-stats",
+            dependencies=[Depends(admin)],
+            responses={
+                401: {"model": ErrorMessage, "description": "missing or invalid credentials"},
+                403: {"model": ErrorMessage, "description": "not an administrator"},
+            },
+        )
         async def pool_stats(request: Request) -> dict[str, Any]:
             """Pool and breaker figures (admin only)."""
             db = get_database(request)

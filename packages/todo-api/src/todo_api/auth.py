@@ -12,6 +12,9 @@ Two kinds of key, chosen by the token's `alg` header:
 (`exp` is required), one without a usable `sub`, or a wrong `aud`/`iss` when those are
 configured: 401 with `WWW-Authenticate: Bearer`. `sub` is the user id; the claim
 `"role": "admin"` marks an admin.
+
+`AuthenticationGate` checks the token of every `/api/` request at the ASGI level, before
+FastAPI reads (and parses) the body: an anonymous client never costs a body read or a parse.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neondb import ConfigurationError
 from todo_api.settings import AppSettings
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "USER_SCOPE_KEY",
+    "AuthenticationGate",
     "Authenticator",
     "CurrentUser",
     "InvalidToken",
@@ -233,20 +240,20 @@ _bearer = HTTPBearer(
 )
 
 
+USER_SCOPE_KEY = "todo_api.user"
+"""Where `AuthenticationGate` leaves the verified `User` in the ASGI scope."""
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def current_user(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The caller, from the bearer token: 401 when it is missing or not acceptable."""
-    if credentials is None:
+async def _authenticate(auth: Authenticator, token: str | None) -> User:
+    """The user a bearer token names, or the HTTPException to answer (401, 503)."""
+    if not token:
         raise _unauthorized("Not authenticated")
-    auth: Authenticator = request.app.state.auth
     try:
-        return await auth.authenticate(credentials.credentials)
+        return await auth.authenticate(token)
     except InvalidToken as e:
         log.info("rejected a bearer token: %s", e)
         raise _unauthorized("Invalid or expired token") from None
@@ -257,6 +264,65 @@ async def current_user(
             detail="identity provider unreachable, retry later",
             headers={"Retry-After": "5"},
         ) from None
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """`Authorization: Bearer <token>` as FastAPI's HTTPBearer reads it."""
+    value = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class AuthenticationGate:
+    """ASGI middleware: a request under `prefix` needs a valid bearer token, checked before
+    the app runs, so before its body is read or parsed. A rejected request gets the same
+    401 (or 503) the `current_user` dependency gives; an accepted one carries its `User` in
+    the scope (`USER_SCOPE_KEY`), which `current_user` then returns without verifying twice.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, prefix: str = "/api") -> None:
+        self.app = app
+        self.auth = authenticator
+        self.prefix = prefix.rstrip("/")
+
+    def _guards(self, scope: Scope) -> bool:
+        path = _route_path(scope)
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._guards(scope):
+            await self.app(scope, receive, send)
+            return
+        try:
+            user = await _authenticate(self.auth, _bearer_token(scope))
+        except HTTPException as e:
+            response = JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)
+            await response(scope, receive, send)
+            return
+        scope[USER_SCOPE_KEY] = user
+        await self.app(scope, receive, send)
+
+
+async def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The caller, from the bearer token: 401 when it is missing or not acceptable. Behind
+    `AuthenticationGate` the token was already verified: its `User` is reused."""
+    user = request.scope.get(USER_SCOPE_KEY)
+    if isinstance(user, User):
+        return user
+    auth: Authenticator = request.app.state.auth
+    return await _authenticate(auth, credentials.credentials if credentials else None)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

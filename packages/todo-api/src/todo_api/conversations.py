@@ -142,10 +142,14 @@ async def post_message(
 ) -> MessagePublic:
     """Add a message; the conversation's `updated_at` moves to the message's time, in the
     same statement (which also checks the conversation is the caller's)."""
+    # now() is when this statement's transaction started, and the last post to commit wins
+    # the row: a post that started earlier but commits later must not move `updated_at`
+    # back before a newer message. GREATEST keeps it at the newest message's time (the
+    # UPDATE re-reads a row another post changed meanwhile before applying it).
     bumped = (
         update(conversations)
         .where(conversations.c.id == conversation_id, conversations.c.user_id == user.id)
-        .values(updated_at=func.now())
+        .values(updated_at=func.greatest(conversations.c.updated_at, func.now()))
         .returning(conversations.c.id)
         .cte("bumped")
     )

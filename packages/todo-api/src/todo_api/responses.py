@@ -14,7 +14,12 @@ __all__ = ["BAD_BODY", "COMMON_RESPONSES", "NOT_FOUND", "not_found"]
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {
         "model": ErrorDetail,
-        "description": "missing or invalid bearer token (`WWW-Authenticate: Bearer`)",
+        "description": "missing or invalid bearer token (`WWW-Authenticate: Bearer`); "
+        "checked before the body is read",
+    },
+    413: {
+        "model": ErrorDetail,
+        "description": "request body over `APP_MAX_BODY_BYTES` (default 1 MiB)",
     },
     503: {
         "model": ErrorDetail,

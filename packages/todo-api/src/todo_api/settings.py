@@ -22,6 +22,7 @@ class AppSettings(DatabaseSettings):
       and without `DATABASE_URL` (the embedded server is for development);
     * `APP_LOG_FORMAT` / `APP_LOG_LEVEL`: `text` or `json` lines, and the level;
     * `APP_ACCESS_LOG`: a line per request (default: on in development, off in production);
+    * `APP_MAX_BODY_BYTES`: larger request bodies are a 413, refused while read (1 MiB);
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
 
@@ -55,6 +56,13 @@ class AppSettings(DatabaseSettings):
         default=None,
         description="one line per request (never the query's values); unset: on in "
         "development, off in production",
+    )
+    app_max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="request bodies larger than this many bytes are refused (413) while "
+        "they are read, before any parsing; the largest legal body (a message) is about "
+        "130 KB as UTF-8, 390 KB with every character \\u-escaped",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
