@@ -39,7 +39,7 @@ async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
 async def test_upgrade_empty_schema_then_no_drift(db: Database) -> None:
     assert await MIGRATIONS.current(db) is None
     await MIGRATIONS.upgrade(db)
-    assert await MIGRATIONS.current(db) == MIGRATIONS.head() == "0001"
+    assert await MIGRATIONS.current(db) == MIGRATIONS.head() == "0002"
     await MIGRATIONS.check(db)
     assert await MIGRATIONS.drift(db) == []
     await MIGRATIONS.upgrade(db)  # idempotent at head

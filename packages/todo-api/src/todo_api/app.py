@@ -24,6 +24,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from neondb import NeonDB, load_settings
 from todo_api import conversations, tasks
 from todo_api.auth import Authenticator, require_admin
+from todo_api.fair_share import user_limiter
 from todo_api.models import MIGRATIONS
 from todo_api.settings import AppSettings
 
@@ -107,6 +108,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     )
     app.state.auth = auth
     app.state.settings = settings
+    app.state.user_limiter = user_limiter(settings)
     neon.install(app, admin=require_admin, access_log=settings.access_log)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _rejected_by_database)
