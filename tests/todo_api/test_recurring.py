@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from todo_api.testing import auth_headers
+from todo_api.app import create_app
+from todo_api.testing import app_settings, auth_headers, make_client
 
 ALICE = auth_headers("alice")
 
@@ -109,7 +112,16 @@ async def test_completing_twice_creates_one_next(client: httpx.AsyncClient) -> N
     assert len(await all_tasks(client)) == 2
 
 
-async def test_concurrent_completions_create_one_next(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+async def unqueued(neondb_schema_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    # No per-user share: the point is one user's statements racing on one row, not queued.
+    app = create_app(app_settings(neondb_schema_url, app_user_max_concurrency=0))
+    async with LifespanManager(app), make_client(app) as c:
+        yield c
+
+
+async def test_concurrent_completions_create_one_next(unqueued: httpx.AsyncClient) -> None:
+    client = unqueued
     task = await create(
         client, due_date="2025-01-01T00:00:00Z", recurring=True, recurring_pattern="weekly"
     )
