@@ -48,6 +48,9 @@ def make_settings(url: str, **overrides: Any) -> AppSettings:
         "db_statement_timeout_s": 5.0,
         "db_startup_timeout_s": 10.0,
         "db_migrate_on_start": True,
+        # One user drives the whole pool here (the faults are about the pool, not fairness):
+        # no per-user share, or the excess would be 429s instead of what the faults cause.
+        "app_user_max_concurrency": 0,
     }
     values.update(overrides)
     return AppSettings(_env_file=None, **values)  # type: ignore[call-arg]

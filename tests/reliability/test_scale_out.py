@@ -98,11 +98,12 @@ async def test_two_workers_behind_pgbouncer_serve_and_keep_every_write(
 ) -> None:
     base, server, log_path = two_workers
     await wait_ready(base, server, log_path)
-    headers = auth_headers("scale-out")
     statuses: list[int] = []
     ids: list[int] = []
 
     async def writer(n: int) -> None:
+        # A user per client: one user's share of a pool is a quarter of it (a 429 beyond).
+        headers = auth_headers(f"scale-out-{n}")
         # A new connection per request, so the kernel hands requests to both workers.
         limits = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
@@ -114,7 +115,7 @@ async def test_two_workers_behind_pgbouncer_serve_and_keep_every_write(
 
     await asyncio.gather(*(writer(n) for n in range(8)))
     assert Counter(statuses) == {201: WRITES}
-    rows = fresh_db.execute("SELECT id FROM tasks WHERE user_id = 'scale-out'")
+    rows = fresh_db.execute("SELECT id FROM tasks WHERE user_id LIKE 'scale-out-%'")
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert len(set(ids)) == WRITES
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from todo_api.testing import auth_headers
+from todo_api.app import create_app
+from todo_api.testing import app_settings, auth_headers, make_client
 
 ALICE = auth_headers("alice")
 
@@ -109,7 +112,16 @@ async def test_completing_twice_creates_one_next(client: httpx.AsyncClient) -> N
     assert len(await all_tasks(client)) == 2
 
 
-async def test_concurrent_completions_create_one_next(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+async def unqueued(neondb_schema_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    # No per-user share: the point is one user's statements racing on one row, not queued.
+    app = create_app(app_settings(neondb_schema_url, app_user_max_concurrency=0))
+    async with LifespanManager(app), make_client(app) as c:
+        yield c
+
+
+async def test_concurrent_completions_create_one_next(unqueued: httpx.AsyncClient) -> None:
+    client = unqueued
     task = await create(
         client, due_date="2025-01-01T00:00:00Z", recurring=True, recurring_pattern="weekly"
     )
@@ -143,16 +155,44 @@ async def test_pattern_without_recurring_creates_no_next(client: httpx.AsyncClie
     assert (await complete(client, task["id"]))["next"] is None
 
 
-async def test_uncompleted_then_completed_again_makes_another(client: httpx.AsyncClient) -> None:
-    # PATCH completed=false reopens the task; completing it again is a new completion.
+async def test_reopened_and_completed_again_makes_no_duplicate(client: httpx.AsyncClient) -> None:
+    # Issue 8 (6): each complete / PATCH completed=false round used to add another
+    # identical next occurrence. One occurrence yields at most one next occurrence.
+    task = await create(
+        client, due_date="2025-01-07T09:00:00Z", recurring=True, recurring_pattern="weekly"
+    )
+    first = await complete(client, task["id"])
+    assert when(first["next"]["due_date"]) == datetime(2025, 1, 14, 9, tzinfo=UTC)
+    for _ in range(3):
+        r = await client.patch(f"/api/tasks/{task['id']}", json={"completed": False}, headers=ALICE)
+        assert r.json()["completed"] is False
+        again = await complete(client, task["id"])
+        assert again["task"]["completed"] is True
+        assert again["next"] is None
+    tasks = await all_tasks(client)
+    assert sorted(t["id"] for t in tasks) == sorted([task["id"], first["next"]["id"]])
+    # The next occurrence is a new occurrence: completing it yields its own next, once.
+    second = await complete(client, first["next"]["id"])
+    assert when(second["next"]["due_date"]) == datetime(2025, 1, 21, 9, tzinfo=UTC)
+    assert len(await all_tasks(client)) == 3
+
+
+async def test_reopened_after_its_next_was_deleted_makes_one_again(
+    client: httpx.AsyncClient,
+) -> None:
+    # The unique key is the source occurrence: once its next one is deleted, completing the
+    # reopened occurrence schedules a next one again (one at a time, never two).
     task = await create(
         client, due_date="2025-01-01T00:00:00Z", recurring=True, recurring_pattern="daily"
     )
-    await complete(client, task["id"])
-    r = await client.patch(f"/api/tasks/{task['id']}", json={"completed": False}, headers=ALICE)
-    assert r.status_code == 200
-    assert (await complete(client, task["id"]))["next"] is not None
-    assert len(await all_tasks(client)) == 3
+    nxt = (await complete(client, task["id"]))["next"]
+    assert (await client.delete(f"/api/tasks/{nxt['id']}", headers=ALICE)).status_code == 204
+    await client.patch(f"/api/tasks/{task['id']}", json={"completed": False}, headers=ALICE)
+    again = (await complete(client, task["id"]))["next"]
+    assert again is not None
+    assert again["id"] != nxt["id"]
+    assert again["due_date"] == nxt["due_date"]
+    assert len(await all_tasks(client)) == 2
 
 
 async def test_patch_completed_creates_no_next(client: httpx.AsyncClient) -> None:

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from todo_api.cli import main
+from todo_api.models import MIGRATIONS
 from todo_api.testing import TEST_SECRET
 
 runner = CliRunner()
@@ -89,7 +90,7 @@ def test_migrate_and_check(monkeypatch: pytest.MonkeyPatch, neondb_schema_url: s
     assert "revision None" in result.output
     result = runner.invoke(main, ["migrate"])
     assert result.exit_code == 0, result.output
-    assert "database upgraded from revision None to 0001" in result.output
+    assert f"database upgraded from revision None to {MIGRATIONS.head()}" in result.output
     result = runner.invoke(main, ["migrate", "--check"])
     assert result.exit_code == 0, result.output
     assert "models match the migrations" in result.output

@@ -39,7 +39,7 @@ async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
 async def test_upgrade_empty_schema_then_no_drift(db: Database) -> None:
     assert await MIGRATIONS.current(db) is None
     await MIGRATIONS.upgrade(db)
-    assert await MIGRATIONS.current(db) == MIGRATIONS.head() == "0001"
+    assert await MIGRATIONS.current(db) == MIGRATIONS.head() == "0002"
     await MIGRATIONS.check(db)
     assert await MIGRATIONS.drift(db) == []
     await MIGRATIONS.upgrade(db)  # idempotent at head
@@ -129,6 +129,51 @@ async def test_drift_is_detected(db: Database) -> None:
     diff = str(await MIGRATIONS.drift(db))
     assert "modify_type" in diff
     assert "title" in diff
+
+
+async def test_trigram_and_source_indexes(db: Database) -> None:
+    await MIGRATIONS.upgrade(db)
+    found = await rows(
+        db,
+        "SELECT c.relname, am.amname, i.indisunique, "
+        "coalesce((SELECT string_agg(o.opcname, ',') FROM unnest(i.indclass) AS k(oid) "
+        "JOIN pg_opclass o ON o.oid = k.oid), '') AS opclasses "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_am am ON am.oid = c.relam "
+        "WHERE i.indrelid = 'tasks'::regclass AND c.relname = ANY(:names) ORDER BY c.relname",
+        names=["ix_tasks_description_trgm", "ix_tasks_title_trgm", "uq_tasks_source_task_id"],
+    )
+    assert [tuple(r) for r in found] == [
+        ("ix_tasks_description_trgm", "gin", False, "gin_trgm_ops"),
+        ("ix_tasks_title_trgm", "gin", False, "gin_trgm_ops"),
+        ("uq_tasks_source_task_id", "btree", True, "int8_ops"),
+    ]
+    # The extension lives outside the app's schema, which may be dropped without it.
+    home = await rows(
+        db,
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'pg_trgm'",
+    )
+    assert [r[0] for r in home] == ["public"]
+    async with db.autocommit() as s:
+        await s.execute(text("DROP INDEX ix_tasks_title_trgm"))
+    with pytest.raises(MigrationDriftError, match="ix_tasks_title_trgm"):
+        await MIGRATIONS.check(db)
+
+
+async def test_downgrade_to_0001_and_back(db: Database) -> None:
+    await MIGRATIONS.upgrade(db)
+    assert await MIGRATIONS.downgrade(db, "0001") == ("0002", "0001")
+    cols = await rows(
+        db,
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'tasks' "
+        "AND column_name = 'source_task_id'",
+    )
+    assert cols == []
+    # Again to head: pg_trgm is already there (left by the downgrade, database-wide).
+    assert await MIGRATIONS.upgrade(db) == ("0001", "0002")
+    await MIGRATIONS.check(db)
 
 
 async def test_check_reports_missing_upgrade(db: Database) -> None:

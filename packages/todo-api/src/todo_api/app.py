@@ -30,6 +30,7 @@ from neondb import NeonDB, load_settings
 from neondb.errors import exception_chain, sqlstate_of
 from todo_api import conversations, tasks
 from todo_api.auth import AuthenticationGate, Authenticator, require_admin
+from todo_api.fair_share import user_limiter
 from todo_api.models import MIGRATIONS
 from todo_api.settings import AppSettings
 
@@ -206,6 +207,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     )
     app.state.auth = auth
     app.state.settings = settings
+    app.state.user_limiter = user_limiter(settings)
     # Added first, so it runs inside neondb's middleware: after the request id and the body
     # limit, before FastAPI reads a byte of the body.
     app.add_middleware(AuthenticationGate, authenticator=auth, prefix="/api")

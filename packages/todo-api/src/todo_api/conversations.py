@@ -13,6 +13,7 @@ from sqlalchemy import Select, Table, delete, func, insert, literal, select, upd
 
 from neondb import AutocommitSession, ReadSession
 from todo_api.auth import CurrentUser
+from todo_api.fair_share import PER_USER
 from todo_api.models import (
     CONVERSATIONS,
     MAX_ID,
@@ -33,7 +34,7 @@ router = APIRouter(
     prefix="/api/conversations",
     tags=["conversations"],
     responses=COMMON_RESPONSES,
-    dependencies=[Depends(reject_unknown_query)],
+    dependencies=[Depends(reject_unknown_query), PER_USER],
 )
 
 conversations: Table = CONVERSATIONS

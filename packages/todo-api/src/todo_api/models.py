@@ -223,6 +223,20 @@ class Task(TodoModel, table=True):
         ),
         # `tags @> ARRAY[...]`: whole-tag match.
         Index("ix_tasks_tags", "tags", postgresql_using="gin"),
+        # `q` (ILIKE '%...%') through pg_trgm: a search that matches nothing reads almost
+        # nothing. The migration names the operator class with the extension's schema.
+        *(
+            Index(
+                f"ix_tasks_{column}_trgm",
+                column,
+                postgresql_using="gin",
+                postgresql_ops={column: "gin_trgm_ops"},
+            )
+            for column in ("title", "description")
+        ),
+        # One occurrence of a recurring series yields at most one next occurrence, however
+        # often it is completed and reopened (`INSERT ... ON CONFLICT DO NOTHING`).
+        Index("uq_tasks_source_task_id", "source_task_id", unique=True),
     )
 
     id: int | None = _id()
@@ -245,6 +259,9 @@ class Task(TodoModel, table=True):
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
     )
     recurring_pattern: str | None = Field(default=None, sa_column=Column(String(10)))
+    # The occurrence whose completion created this one (internal, not in the API). Ids are
+    # never reused, so a dangling value after a delete is harmless: no foreign key to check.
+    source_task_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     created_at: datetime | None = _timestamp()
     updated_at: datetime | None = _timestamp()
 
@@ -297,7 +314,15 @@ class TaskPublic(TaskBase):
 
 class TaskPage(SQLModel):
     items: list[TaskPublic]
-    total: int
+    total: int = PydanticField(
+        description="matching tasks, exact up to 10,000; past that, 10,000 (see `total_capped`)"
+    )
+    # Only when true, so ordinary sizes keep the plain `{"items": [...], "total": n}` shape.
+    total_capped: bool = PydanticField(
+        default=False,
+        exclude_if=lambda capped: not capped,
+        description="present (true) only when more than `total` tasks match: counting stopped",
+    )
 
 
 class TaskCompletion(SQLModel):

@@ -25,6 +25,11 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorDetail,
         "description": "database (or identity provider) unavailable; see `Retry-After`",
     },
+    429: {
+        "model": ErrorDetail,
+        "description": "too many of your requests at once (`APP_USER_MAX_CONCURRENCY`); "
+        "see `Retry-After`",
+    },
     504: {"model": ErrorDetail, "description": "database statement timed out"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -23,6 +23,8 @@ class AppSettings(DatabaseSettings):
     * `APP_LOG_FORMAT` / `APP_LOG_LEVEL`: `text` or `json` lines, and the level;
     * `APP_ACCESS_LOG`: a line per request (default: on in development, off in production);
     * `APP_MAX_BODY_BYTES`: larger request bodies are a 413, refused while read (1 MiB);
+    * `APP_USER_MAX_CONCURRENCY` / `APP_USER_QUEUE_TIMEOUT_S`: one user's share of the pool
+      (requests at once) and how long the excess waits for it before a 429;
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
 
@@ -35,6 +37,13 @@ class AppSettings(DatabaseSettings):
             raise ConfigurationError(
                 "APP_ENV=production needs DATABASE_URL: the embedded server is for development"
             )
+
+    @property
+    def user_max_concurrency(self) -> int:
+        """Requests one user may run at once (0: no limit); unset, a quarter of the pool."""
+        if self.app_user_max_concurrency is None:
+            return max(1, self.db_pool_max // 4)
+        return self.app_user_max_concurrency
 
     @property
     def access_log(self) -> bool:
@@ -63,6 +72,20 @@ class AppSettings(DatabaseSettings):
         description="request bodies larger than this many bytes are refused (413) while "
         "they are read, before any parsing; the largest legal body (a message) is about "
         "130 KB as UTF-8, 390 KB with every character \\u-escaped",
+    )
+    app_user_max_concurrency: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="requests one user may run at once (each holds a pooled connection); "
+        "unset: a quarter of DB_POOL_MAX (at least 1); 0: no per-user limit",
+    )
+    app_user_queue_timeout_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="seconds a user's request over that share waits for one of the user's "
+        "slots before a 429 with Retry-After; 0: refuse at once",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -2,6 +2,11 @@
 
 Every route is one SQL statement in an autocommit (write) or read session, so one round
 trip; every statement filters by the authenticated user. See docs/design.md, "Few round trips".
+
+A list page counts its matches only up to `TOTAL_CAP` (then `total_capped`), so a user with
+many tasks does not pay for reading all of them on every page; `q` is served by the pg_trgm
+indexes (a pattern of 3 characters or more narrows the search; a shorter one reads the
+caller's own tasks, through their index).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from neondb import AutocommitSession, ReadSession
 from neondb.errors import sqlstate_of
 from todo_api.auth import CurrentUser
+from todo_api.fair_share import PER_USER
 from todo_api.models import (
     MAX_ID,
     TASKS,
@@ -47,17 +55,17 @@ from todo_api.models import (
 from todo_api.responses import BAD_BODY, COMMON_RESPONSES, NOT_FOUND, not_found
 from todo_api.strict import reject_unknown_query
 
-__all__ = ["TaskFilters", "complete_statement", "list_statement", "router"]
+__all__ = ["TOTAL_CAP", "TaskFilters", "complete_statement", "list_statement", "router"]
 
 router = APIRouter(
     prefix="/api/tasks",
     tags=["tasks"],
     responses=COMMON_RESPONSES,
-    dependencies=[Depends(reject_unknown_query)],
+    dependencies=[Depends(reject_unknown_query), PER_USER],
 )
 
 tasks: Table = TASKS
-PUBLIC = [c for c in tasks.c if c.name != "user_id"]
+PUBLIC = [c for c in tasks.c if c.name not in ("user_id", "source_task_id")]
 NEWEST_FIRST = (tasks.c.created_at.desc(), tasks.c.id.desc())
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
@@ -104,19 +112,33 @@ class TaskFilters:
         return out
 
 
-def list_statement(user_id: str, filters: TaskFilters, limit: int, offset: int) -> Select[Any]:
-    """One page, newest first, each row carrying the total of matching rows."""
+TOTAL_CAP = 10_000
+"""A page's `total` is exact up to this many matches; beyond, `total_capped` says more."""
+
+
+def list_statement(
+    user_id: str, filters: TaskFilters, limit: int, offset: int, *, total_cap: int = TOTAL_CAP
+) -> Select[Any]:
+    """One page, newest first, each row carrying `total`: the matching rows counted up to
+    `total_cap + 1` (so the count stops early and says whether it did). A page past the end
+    is still one row, with `total` and NULL task columns: one statement in every case."""
+    where = filters.where(user_id)
+    matching = select(literal(1)).where(*where).limit(total_cap + 1).subquery("matching")
+    counted = select(func.count().label("total")).select_from(matching).subquery("counted")
+    page = (
+        select(*PUBLIC).where(*where).order_by(*NEWEST_FIRST).limit(limit).offset(offset)
+    ).subquery("page")
     return (
-        select(*PUBLIC, func.count().over().label("total"))
-        .where(*filters.where(user_id))
-        .order_by(*NEWEST_FIRST)
-        .limit(limit)
-        .offset(offset)
+        select(counted.c.total, *page.c)
+        .select_from(counted.outerjoin(page, true()))
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
     )
 
 
 # Completing and creating the next occurrence is one statement: the conditional UPDATE
-# (`NOT completed`, so concurrent or repeated calls complete it once) feeds the INSERT.
+# (`NOT completed`, so concurrent or repeated calls complete it once) feeds the INSERT. The
+# next occurrence records its source; the unique index on `source_task_id` makes reopening
+# (`PATCH {"completed": false}`) and completing again insert nothing the second time.
 # Dates move in UTC: +1 day, +7 days, or +1 calendar month (PostgreSQL clamps Jan 31 to
 # the end of February). A next date past year 9999 (beyond Python's datetime) ends the series.
 _COLUMNS = ", ".join(c.name for c in PUBLIC)
@@ -127,9 +149,9 @@ WITH done AS (
     RETURNING *
 ), next AS (
     INSERT INTO tasks (user_id, title, description, priority, tags, due_date,
-                       recurring, recurring_pattern)
+                       recurring, recurring_pattern, source_task_id)
     SELECT d.user_id, d.title, d.description, d.priority, d.tags, n.due_date,
-           d.recurring, d.recurring_pattern
+           d.recurring, d.recurring_pattern, d.id
     FROM done AS d
     CROSS JOIN LATERAL (
         SELECT (d.due_date AT TIME ZONE 'UTC' + CASE d.recurring_pattern
@@ -140,6 +162,7 @@ WITH done AS (
     ) AS n
     WHERE d.recurring AND n.due_date IS NOT NULL
       AND n.due_date < timestamptz '10000-01-01 00:00:00+00'
+    ON CONFLICT (source_task_id) DO NOTHING
     RETURNING *
 )
 SELECT false AS is_next, {_COLUMNS} FROM done
@@ -182,18 +205,16 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> TaskPage:
-    """The caller's tasks, newest first (created_at, then id, descending)."""
+    """The caller's tasks, newest first (created_at, then id, descending). `total` counts
+    the matches up to 10,000; past that it is 10,000 and `total_capped` is true."""
     filters = TaskFilters(status, priority, tag, q, due_before, due_after)
     rows = (await session.execute(list_statement(user.id, filters, limit, offset))).all()
-    if rows:
-        total = rows[0].total
-    elif offset > 0:
-        # Past the end: the page cannot carry the total, so count.
-        count = select(func.count()).select_from(tasks).where(*filters.where(user.id))
-        total = (await session.execute(count)).scalar_one()
-    else:
-        total = 0
-    return TaskPage(items=[_public(r) for r in rows], total=total)
+    counted = rows[0].total  # always one row, even past the end
+    return TaskPage(
+        items=[_public(r) for r in rows if r.id is not None],
+        total=min(counted, TOTAL_CAP),
+        total_capped=counted > TOTAL_CAP,
+    )
 
 
 @router.get("/{task_id}", responses=NOT_FOUND)
@@ -260,7 +281,8 @@ async def complete_task(
 ) -> TaskCompletion:
     """Mark the task completed. A recurring task with a due date gets its next occurrence
     (daily +1 day, weekly +7 days, monthly +1 calendar month, in UTC) in the same statement.
-    Completing a completed task changes nothing and returns `next: null`."""
+    Completing a completed task changes nothing and returns `next: null`; so does completing
+    a reopened occurrence that already has its next one (`next: null`, no duplicate)."""
     rows = (await session.execute(complete_statement(task_id, user.id))).all()
     done = next((r for r in rows if not r.is_next), None)
     if done is None:
