@@ -120,7 +120,9 @@ async def test_restart_under_load(fresh_db, pg_server: PgServer, driver: str) ->
         # Lose nothing, duplicate nothing.
         titles = await _all_titles(client)
         acknowledged = [o for o in outcomes if o.status == 201]
-        assert len(acknowledged) >= 100
+        # Enough writes for the check to mean something (about 150 on a quiet machine; a
+        # loaded one manages fewer, which changes nothing below).
+        assert len(acknowledged) >= 50, len(acknowledged)
         for o in acknowledged:
             assert titles[o.title or ""] == 1, o
             assert o.body["title"] == o.title
