@@ -19,6 +19,7 @@ import asyncio
 import logging
 import sys
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import Select, event
@@ -36,8 +37,7 @@ __all__ = ["NeonSession", "is_read_statement"]
 log = logging.getLogger("neondb")
 
 
-def is_read_statement(statement: Any) -> bool:
-    """A plain SELECT: safe to repeat."""
+def _reads_only(statement: Any) -> bool:
     if isinstance(statement, Select):
         # A SELECT over a data-modifying CTE (WITH u AS (UPDATE ...) SELECT ...) writes.
         return statement._for_update_arg is None and not any(
@@ -48,6 +48,47 @@ def is_read_statement(statement: Any) -> bool:
         head = statement.text.lstrip().split(None, 1)[:1]
         return bool(head) and head[0].upper() in ("SELECT", "SHOW", "VALUES")
     return False
+
+
+# Walking a statement's tree costs more than running a cached one, so the answer is kept
+# per statement shape: by object for statements an app keeps (module-level constants), by
+# SQLAlchemy's cache key (the structure without the values, which execute() computes and
+# memoizes anyway) for those built per call, by string for text. Bounded: an app that
+# builds endlessly many shapes starts over rather than grow.
+MAX_SHAPES = 4096
+_by_statement: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_by_shape: dict[Any, bool] = {}
+
+
+def _remember(cache: dict[Any, bool], key: Any, value: bool) -> bool:
+    if len(cache) >= MAX_SHAPES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def is_read_statement(statement: Any) -> bool:
+    """A plain SELECT: safe to repeat. Decided once per statement shape."""
+    if isinstance(statement, TextClause):
+        known = _by_shape.get(statement.text)
+        if known is None:
+            known = _remember(_by_shape, statement.text, _reads_only(statement))
+        return known
+    if not isinstance(statement, Select):
+        return False
+    known = _by_statement.get(statement)
+    if known is not None:
+        return known
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:  # an element SQLAlchemy cannot cache: decide every time
+        return _reads_only(statement)
+    shape = ("select", cache_key.key)
+    known = _by_shape.get(shape)
+    if known is None:
+        known = _remember(_by_shape, shape, _reads_only(statement))
+    if len(_by_statement) < MAX_SHAPES:
+        _by_statement[statement] = known
+    return known
 
 
 class NeonSyncSession(Session):
@@ -127,8 +168,23 @@ class NeonSession(AsyncSession):
         try:
             if not safe or attempts <= 1:
                 return await self._once(fn, statement, *args, **kw)
+            # The first attempt runs outside tenacity: setting up its loop costs more than
+            # running a cached statement, and only a failure needs it.
+            failed: Exception | None = None
+            try:
+                return await self._once(fn, statement, *args, **kw)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                await self.invalidate()  # see below
+                failed = e
             async for attempt in retrying(attempts, backoff_s):
                 with attempt:
+                    if failed is not None:
+                        # Handed to tenacity as its first attempt's outcome: the same retry
+                        # rule, waits and number of attempts as if it had run it.
+                        error, failed = failed, None
+                        raise error
                     try:
                         return await self._once(fn, statement, *args, **kw)
                     except Exception as e:

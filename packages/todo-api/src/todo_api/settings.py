@@ -21,6 +21,7 @@ class AppSettings(DatabaseSettings):
     * `APP_ENV`: `production` refuses to start without `AUTH_SECRET` or `AUTH_JWKS_URL`;
     * `APP_LOG_FORMAT` / `APP_LOG_LEVEL`: `text` or `json` lines, and the level;
     * `APP_ACCESS_LOG`: a line per request (default: on in development, off in production);
+    * `APP_TELEMETRY`: FastAPI's native OpenTelemetry instrumentation (default off);
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
 
@@ -44,6 +45,11 @@ class AppSettings(DatabaseSettings):
         default=None,
         description="one line per request (never the query's values); unset: on in "
         "development, off in production",
+    )
+    app_telemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs (for an app "
+        "that sets up an OpenTelemetry SDK); off, it costs nothing per request",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
