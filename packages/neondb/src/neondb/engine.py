@@ -9,7 +9,8 @@ Round trips are the cost that matters on Neon, so:
   transaction pooler, where session state does not stick, it is `SET LOCAL` at the start of
   each explicit transaction (single statements rely on the role default, see `Database`);
 * the pool is fixed-size (`max_overflow=0`): overflow connections would be closed and
-  reopened under steady load, each paying a TLS handshake and a login.
+  reopened under steady load, each paying a TLS handshake and a login;
+* the async pool serves waiters first come, first served (`neondb.fair_pool`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from neondb.errors import (
     sqlstate_of,
 )
 from neondb.extras import installed, missing_extra
+from neondb.fair_pool import FairAsyncQueuePool
 from neondb.resilience import CircuitBreaker, retrying
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL
@@ -220,6 +222,8 @@ def build_engine(
         return engine_ref[0].sync_engine.dialect.dbapi.connect(**adapter_kw)  # type: ignore[union-attr]
 
     options = _engine_options(settings, creator)
+    if not settings.db_serverless:
+        options["poolclass"] = FairAsyncQueuePool  # waiters served in arrival order
     engine = create_async_engine(_DIALECTS[driver], **options)
     engine_ref.append(engine)
 
