@@ -24,10 +24,13 @@ from typing import Any
 
 from sqlalchemy import Select, event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio.result import _ensure_sync_result
 from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.visitors import iterate
+from sqlalchemy.util import EMPTY_DICT, greenlet_spawn
 
 from neondb.errors import classify, is_transient
 from neondb.resilience import retrying
@@ -101,6 +104,22 @@ def _count_flush(session: Session, flush_context: UOWTransaction) -> None:
     session.info["neondb.flushes"] = session.info.get("neondb.flushes", 0) + 1
 
 
+def _execute_core(
+    session: Session,
+    timer: asyncio.Timeout,
+    backstop: float | None,
+    statement: Any,
+    params: Any,
+    execution_options: Any,
+) -> Any:
+    # What Session.execute does for a Core statement, minus the ORM's dispatching.
+    session._autoflush()
+    conn = session.connection(bind_arguments={"clause": statement})
+    if backstop is not None:
+        timer.reschedule(asyncio.get_running_loop().time() + backstop)
+    return conn.execute(statement, params, execution_options=execution_options)
+
+
 class NeonSession(AsyncSession):
     """AsyncSession with safe retries, a client-side statement backstop and mapped errors.
 
@@ -110,8 +129,31 @@ class NeonSession(AsyncSession):
 
     sync_session_class = NeonSyncSession
 
-    async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        return await self._guarded(super().execute, statement, *args, **kw)
+    async def execute(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        **kw: Any,
+    ) -> Any:
+        if not kw and self._runs_core(statement):
+            return await self._guarded(None, statement, params, execution_options)
+        return await self._guarded(
+            super().execute, statement, params, execution_options=execution_options, **kw
+        )
+
+    def _runs_core(self, statement: Any) -> bool:
+        """A Core statement (Table columns, text) in a session where nothing ORM-specific
+        applies: run on the session's connection, without the ORM's execution machinery,
+        to the same effect (autoflush first, the session's bind, its transaction)."""
+        sync = self.sync_session
+        return (
+            isinstance(statement, Executable)
+            and statement._propagate_attrs.get("compile_state_plugin") != "orm"
+            and not sync.execution_options
+            and not sync.dispatch.do_orm_execute
+        )
 
     async def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
         return await self._guarded(super().scalar, statement, *args, **kw)
@@ -141,6 +183,8 @@ class NeonSession(AsyncSession):
 
     async def _once(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         backstop = self.info.get("neondb.backstop_s")
+        if fn is None:
+            return await self._once_core(backstop, statement, *args)
         # Check out (or open) the connection before the backstop starts: it bounds the
         # statement; opening a connection has its own limits (connect timeout, retries,
         # breaker), and a database that cannot be reached is a 503, not a statement timeout.
@@ -153,6 +197,28 @@ class NeonSession(AsyncSession):
             # connection's state is unknown, so it must not go back to the pool.
             await self.invalidate()
             raise
+
+    async def _once_core(
+        self, backstop: float | None, statement: Any, params: Any, execution_options: Any
+    ) -> Any:
+        """`_once` for a Core statement: checkout and statement in one trip to the sync
+        side; the backstop is armed there once the connection is checked out."""
+        try:
+            async with asyncio.timeout(None) as timer:
+                result = await greenlet_spawn(
+                    _execute_core,
+                    self.sync_session,
+                    timer,
+                    backstop,
+                    statement,
+                    params,
+                    execution_options,
+                )
+        except TimeoutError:
+            if timer.expired():  # see `_once`
+                await self.invalidate()
+            raise
+        return await _ensure_sync_result(result, self.execute)
 
     async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         # A read session vouches for its text statements; expressions are checked anyway.
