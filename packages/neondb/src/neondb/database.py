@@ -517,9 +517,10 @@ class Database:
                 yield session
                 if kind == "transaction" and session.in_transaction():
                     await session.commit()
-                elif kind == "autocommit":
+                elif kind == "autocommit" and (session.new or session.dirty or session.deleted):
                     # Objects given to `add()` would otherwise be dropped unsaved; each
-                    # flushed statement commits. Nothing pending: no round trip.
+                    # flushed statement commits. Nothing pending: not even a trip to the
+                    # sync side.
                     await session.flush()
             except Exception as e:
                 await _quiet_rollback(session)

@@ -17,6 +17,7 @@ Round trips are the cost that matters on Neon, so:
   `options=-c TimeZone=UTC` on a direct endpoint; behind a pooler, where PgBouncer before
   1.20 refuses `options`, psycopg sends one `SET` when a connection opens (PgBouncer keeps
   it for the client, `TimeZone` being one of the parameters it tracks).
+* the async pool serves waiters first come, first served (`neondb.fair_pool`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from neondb.errors import (
     sqlstate_of,
 )
 from neondb.extras import installed, missing_extra
+from neondb.fair_pool import FairAsyncQueuePool
 from neondb.resilience import CircuitBreaker, retrying
 from neondb.settings import DatabaseSettings, Driver
 from neondb.url import DatabaseURL
@@ -294,6 +296,8 @@ def build_engine(
         return engine_ref[0].sync_engine.dialect.dbapi.connect(**adapter_kw)  # type: ignore[union-attr]
 
     options = _engine_options(settings, creator)
+    if not settings.db_serverless:
+        options["poolclass"] = FairAsyncQueuePool  # waiters served in arrival order
     engine = create_async_engine(_DIALECTS[driver], **options)
     engine_ref.append(engine)
 

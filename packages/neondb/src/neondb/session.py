@@ -19,14 +19,18 @@ import asyncio
 import logging
 import sys
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import Select, event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio.result import _ensure_sync_result
 from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.visitors import iterate
+from sqlalchemy.util import EMPTY_DICT, greenlet_spawn
 
 from neondb.errors import DatabaseUnavailableError, classify, is_transient
 from neondb.resilience import retrying
@@ -36,8 +40,7 @@ __all__ = ["NeonSession", "is_read_statement"]
 log = logging.getLogger("neondb")
 
 
-def is_read_statement(statement: Any) -> bool:
-    """A plain SELECT: safe to repeat."""
+def _reads_only(statement: Any) -> bool:
     if isinstance(statement, Select):
         # A SELECT over a data-modifying CTE (WITH u AS (UPDATE ...) SELECT ...) writes.
         return statement._for_update_arg is None and not any(
@@ -50,6 +53,47 @@ def is_read_statement(statement: Any) -> bool:
     return False
 
 
+# Walking a statement's tree costs more than running a cached one, so the answer is kept
+# per statement shape: by object for statements an app keeps (module-level constants), by
+# SQLAlchemy's cache key (the structure without the values, which execute() computes and
+# memoizes anyway) for those built per call, by string for text. Bounded: an app that
+# builds endlessly many shapes starts over rather than grow.
+MAX_SHAPES = 4096
+_by_statement: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_by_shape: dict[Any, bool] = {}
+
+
+def _remember(cache: dict[Any, bool], key: Any, value: bool) -> bool:
+    if len(cache) >= MAX_SHAPES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def is_read_statement(statement: Any) -> bool:
+    """A plain SELECT: safe to repeat. Decided once per statement shape."""
+    if isinstance(statement, TextClause):
+        known = _by_shape.get(statement.text)
+        if known is None:
+            known = _remember(_by_shape, statement.text, _reads_only(statement))
+        return known
+    if not isinstance(statement, Select):
+        return False
+    known = _by_statement.get(statement)
+    if known is not None:
+        return known
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:  # an element SQLAlchemy cannot cache: decide every time
+        return _reads_only(statement)
+    shape = ("select", cache_key.key)
+    known = _by_shape.get(shape)
+    if known is None:
+        known = _remember(_by_shape, shape, _reads_only(statement))
+    if len(_by_statement) < MAX_SHAPES:
+        _by_statement[statement] = known
+    return known
+
+
 class NeonSyncSession(Session):
     """The synchronous half of a `NeonSession`: counts ORM flushes in `info`, so that an
     autocommit session that fails after a flush can say its earlier writes stay."""
@@ -58,6 +102,22 @@ class NeonSyncSession(Session):
 @event.listens_for(NeonSyncSession, "after_flush")
 def _count_flush(session: Session, flush_context: UOWTransaction) -> None:
     session.info["neondb.flushes"] = session.info.get("neondb.flushes", 0) + 1
+
+
+def _execute_core(
+    session: Session,
+    timer: asyncio.Timeout,
+    backstop: float | None,
+    statement: Any,
+    params: Any,
+    execution_options: Any,
+) -> Any:
+    # What Session.execute does for a Core statement, minus the ORM's dispatching.
+    session._autoflush()
+    conn = session.connection(bind_arguments={"clause": statement})
+    if backstop is not None:
+        timer.reschedule(asyncio.get_running_loop().time() + backstop)
+    return conn.execute(statement, params, execution_options=execution_options)
 
 
 class NeonSession(AsyncSession):
@@ -72,8 +132,31 @@ class NeonSession(AsyncSession):
 
     sync_session_class = NeonSyncSession
 
-    async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        return await self._guarded(super().execute, statement, *args, **kw)
+    async def execute(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        **kw: Any,
+    ) -> Any:
+        if not kw and self._runs_core(statement):
+            return await self._guarded(None, statement, params, execution_options)
+        return await self._guarded(
+            super().execute, statement, params, execution_options=execution_options, **kw
+        )
+
+    def _runs_core(self, statement: Any) -> bool:
+        """A Core statement (Table columns, text) in a session where nothing ORM-specific
+        applies: run on the session's connection, without the ORM's execution machinery,
+        to the same effect (autoflush first, the session's bind, its transaction)."""
+        sync = self.sync_session
+        return (
+            isinstance(statement, Executable)
+            and statement._propagate_attrs.get("compile_state_plugin") != "orm"
+            and not sync.execution_options
+            and not sync.dispatch.do_orm_execute
+        )
 
     async def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
         return await self._guarded(super().scalar, statement, *args, **kw)
@@ -110,9 +193,13 @@ class NeonSession(AsyncSession):
         await self._checkout()
         started = time.perf_counter()
         try:
+            if fn is None:  # a Core statement: see `_runs_core`
+                return await self._once_core(backstop, statement, *args)
             async with asyncio.timeout(backstop):
                 return await fn(statement, *args, **kw)
         except TimeoutError:
+            if fn is None:
+                raise  # `_once_core` has invalidated the connection if its backstop fired
             # The server never answered within its own timeout plus a margin: the
             # connection's state is unknown, so it must not go back to the pool.
             await self.invalidate()
@@ -152,6 +239,28 @@ class NeonSession(AsyncSession):
                 meter.waited(time.perf_counter() - started)
         await self._checkout()  # on the primary now
 
+    async def _once_core(
+        self, backstop: float | None, statement: Any, params: Any, execution_options: Any
+    ) -> Any:
+        """`_once` for a Core statement: checkout and statement in one trip to the sync
+        side; the backstop is armed there once the connection is checked out."""
+        try:
+            async with asyncio.timeout(None) as timer:
+                result = await greenlet_spawn(
+                    _execute_core,
+                    self.sync_session,
+                    timer,
+                    backstop,
+                    statement,
+                    params,
+                    execution_options,
+                )
+        except TimeoutError:
+            if timer.expired():  # see `_once`
+                await self.invalidate()
+            raise
+        return await _ensure_sync_result(result, self.execute)
+
     async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         # A read session vouches for its text statements; expressions are checked anyway.
         read = is_read_statement(statement) or (
@@ -167,8 +276,23 @@ class NeonSession(AsyncSession):
         try:
             if not safe or attempts <= 1:
                 return await self._once(fn, statement, *args, **kw)
+            # The first attempt runs outside tenacity: setting up its loop costs more than
+            # running a cached statement, and only a failure needs it.
+            failed: Exception | None = None
+            try:
+                return await self._once(fn, statement, *args, **kw)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                await self.invalidate()  # see below
+                failed = e
             async for attempt in retrying(attempts, backoff_s):
                 with attempt:
+                    if failed is not None:
+                        # Handed to tenacity as its first attempt's outcome: the same retry
+                        # rule, waits and number of attempts as if it had run it.
+                        error, failed = failed, None
+                        raise error
                     try:
                         return await self._once(fn, statement, *args, **kw)
                     except Exception as e:

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import DataError, IntegrityError
 
 from neondb import NeonDB, load_settings
@@ -41,6 +42,12 @@ log = logging.getLogger("todo_api")
 # Swagger UI's files ship inside the `fastapi-offline` wheel: /docs works without a network.
 SWAGGER_STATIC = Path(fastapi_offline.__file__).parent / "static"
 STATIC_URL = "/static/docs"
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 
 # A 422 names what was wrong, echoing a little of the input: never megabytes of it, and
@@ -204,6 +211,9 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
+        # FastAPI asks OpenTelemetry on every request whether it is set up (opentelemetry-api
+        # is one of its dependencies); nobody is listening unless APP_TELEMETRY says so.
+        telemetry=None if settings.app_telemetry else NO_TELEMETRY,
     )
     app.state.auth = auth
     app.state.settings = settings

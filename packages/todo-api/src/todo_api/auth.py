@@ -61,6 +61,11 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits
 MAX_SUB_LENGTH = 255  # the width of the user_id columns
 SECRET_FILE = "auth_secret"
+# Verified tokens are remembered this long at most (and never past their `exp`): checking a
+# signature costs more than the rest of a cached read. A client reuses its token, so a
+# small cache serves nearly every request.
+VERIFIED_TTL_S = 60.0
+MAX_VERIFIED = 10_000
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class Authenticator:
             if jwks_url
             else None
         )
+        self._verified: dict[str, tuple[User, float]] = {}  # token -> (user, valid until)
 
     def __repr__(self) -> str:
         kinds = [k for k, v in (("HS256", self.secret), ("JWKS", self.jwks)) if v]
@@ -222,10 +228,23 @@ class Authenticator:
         return User(id=sub, admin=_is_admin(claims.get("role")))
 
     async def authenticate(self, token: str) -> User:
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self._verified[token]  # expired, or due for a fresh check
         if self.jwks is not None and not self._is_hmac(token):
             # PyJWKClient fetches with blocking urllib (cached for 5 minutes): off the loop.
-            return await asyncio.to_thread(self.verify, token)
-        return self.verify(token)
+            user = await asyncio.to_thread(self.verify, token)
+        else:
+            user = self.verify(token)
+        # Just verified, so its `exp` is genuine; kept until then (not exp + leeway).
+        exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = (user, min(exp, now + VERIFIED_TTL_S))
+        return user
 
     def _is_hmac(self, token: str) -> bool:
         try:

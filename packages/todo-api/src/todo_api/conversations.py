@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from sqlalchemy import Select, Table, delete, func, insert, literal, select, update
+from pydantic import TypeAdapter
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, literal, select, update
 
 from neondb import AutocommitSession, ReadSession
 from todo_api.auth import CurrentUser
@@ -47,12 +48,21 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 
+# Validated here, once: FastAPI passes these models through its response check as they are.
+_CONVERSATION_PUBLIC = TypeAdapter(ConversationPublic)
+_MESSAGE_PUBLIC = TypeAdapter(MessagePublic)
+# Built once; requests pass their values.
+GET_ONE = select(*CONVERSATION).where(
+    conversations.c.id == bindparam("id"), conversations.c.user_id == bindparam("uid")
+)
+
+
 def _conversation(row: Any) -> ConversationPublic:
-    return ConversationPublic.model_validate(dict(row._mapping))
+    return _CONVERSATION_PUBLIC.validate_python(row._mapping)
 
 
 def _message(row: Any) -> MessagePublic:
-    return MessagePublic.model_validate(dict(row._mapping))
+    return _MESSAGE_PUBLIC.validate_python(row._mapping)
 
 
 def conversations_statement(user_id: str, limit: int, offset: int) -> Select[Any]:
@@ -110,10 +120,7 @@ async def list_conversations(
 async def get_conversation(
     conversation_id: ConversationId, user: CurrentUser, session: ReadSession
 ) -> ConversationPublic:
-    stmt = select(*CONVERSATION).where(
-        conversations.c.id == conversation_id, conversations.c.user_id == user.id
-    )
-    row = (await session.execute(stmt)).one_or_none()
+    row = (await session.execute(GET_ONE, {"id": conversation_id, "uid": user.id})).one_or_none()
     if row is None:
         raise not_found("Conversation")
     return _conversation(row)

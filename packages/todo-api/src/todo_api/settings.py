@@ -25,6 +25,7 @@ class AppSettings(DatabaseSettings):
     * `APP_MAX_BODY_BYTES`: larger request bodies are a 413, refused while read (1 MiB);
     * `APP_USER_MAX_CONCURRENCY` / `APP_USER_QUEUE_TIMEOUT_S`: one user's share of the pool
       (requests at once) and how long the excess waits for it before a 429;
+    * `APP_TELEMETRY`: FastAPI's native OpenTelemetry instrumentation (default off);
     * `HOST` / `PORT`: where `todo-api serve` listens.
     """
 
@@ -86,6 +87,11 @@ class AppSettings(DatabaseSettings):
         le=60,
         description="seconds a user's request over that share waits for one of the user's "
         "slots before a 429 with Retry-After; 0: refuse at once",
+    )
+    app_telemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs (for an app "
+        "that sets up an OpenTelemetry SDK); off, it costs nothing per request",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
