@@ -6,6 +6,7 @@ import asyncio
 import pickle
 import ssl
 
+import psycopg
 import pytest
 import sqlalchemy.exc as sa_exc
 
@@ -96,7 +97,7 @@ def test_sqlstate_is_found_anywhere_in_the_chain() -> None:
         ConnectionResetError(),
         ConnectionRefusedError(),
         asyncio.IncompleteReadError(b"", 10),
-        Exception("server closed the connection unexpectedly"),
+        psycopg.OperationalError("server closed the connection unexpectedly"),
         DatabaseUnavailableError("down"),
     ],
 )
@@ -118,6 +119,9 @@ def test_transient(exc: BaseException) -> None:
         WriteOutcomeUnknownError("lost"),  # never replayed
         CircuitOpenError("open", retry_after_s=1),  # fail fast, no retry
         ValueError("bad"),
+        # An app's own error quoting a client's words is not the database's.
+        ValueError("too many connections"),
+        RuntimeError("server closed the connection unexpectedly"),
     ],
 )
 def test_not_transient(exc: BaseException) -> None:
@@ -176,7 +180,7 @@ LIBPQ = 'connection failed: connection to server at "127.0.0.1", port 5432 faile
     ],
 )
 def test_refused_login_without_sqlstate(words: str) -> None:
-    exc = Exception(LIBPQ + words)
+    exc = psycopg.OperationalError(LIBPQ + words)
     assert sqlstate_of(exc) is None
     assert is_login_rejected(exc)
     assert is_login_rejected(wrapped(exc))
@@ -218,11 +222,11 @@ def test_refused_login_with_sqlstate(exc: BaseException) -> None:
 def test_libpq_outage_words_are_transient(words: str) -> None:
     """What the connection opener goes by: `is_transient` (retried, counted by the
     breaker, start-up waits)."""
-    assert is_transient(Exception(f"connection failed: {words}"))
+    assert is_transient(psycopg.OperationalError(f"connection failed: {words}"))
 
 
 def test_libpq_too_many_clients_is_transient() -> None:
-    exc = Exception(LIBPQ + "sorry, too many clients already")
+    exc = psycopg.OperationalError(LIBPQ + "sorry, too many clients already")
     assert is_transient(exc)
     assert type(classify(wrapped(exc))) is DatabaseUnavailableError
 
@@ -232,7 +236,7 @@ def test_libpq_too_many_clients_is_transient() -> None:
     ['too many connections for role "alex"', 'too many connections for database "app"'],
 )
 def test_classify_keeps_too_many_connections_transient(words: str) -> None:
-    exc = Exception(LIBPQ + words)
+    exc = psycopg.OperationalError(LIBPQ + words)
     assert not is_login_rejected(exc)
     mapped = classify(wrapped(exc))
     assert type(mapped) is DatabaseUnavailableError
@@ -269,3 +273,11 @@ def test_classifying_never_formats_an_exception() -> None:
     wrapped = RuntimeError("while handling")
     wrapped.__cause__ = exc
     assert classify(wrapped) is None
+
+
+def test_an_app_error_quoting_outage_words_is_not_an_outage() -> None:
+    """A 422 that echoes a body holding "57P03 the database system is starting up" or
+    "too many connections" stays the app's error, never a 503."""
+    for words in ("the database system is starting up", 'FATAL: too many connections for role "a"'):
+        assert classify(ValueError(words), writing=True) is None
+        assert not is_login_rejected(ValueError(f"FATAL: password authentication failed {words}"))

@@ -203,6 +203,16 @@ def _message(exc: BaseException) -> str:
     return " ".join(a for a in exc.args if isinstance(a, str)).lower()
 
 
+_DRIVER_PACKAGES = frozenset({"asyncpg", "psycopg", "sqlalchemy"})
+
+
+def _from_driver(exc: BaseException) -> bool:
+    """Raised by a driver or SQLAlchemy: only their messages are read as the database's
+    words. An app's own error that quotes a client's input ("too many connections" in a
+    request body) must not pass for an outage."""
+    return type(exc).__module__.partition(".")[0] in _DRIVER_PACKAGES
+
+
 def sqlstate_of(exc: BaseException) -> str | None:
     """The SQLSTATE anywhere in the chain (asyncpg: `sqlstate`, psycopg: `sqlstate`)."""
     for e in exception_chain(exc):
@@ -232,7 +242,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if type(e).__name__ in {"ConnectionDoesNotExistError", "ConnectionFailureError"}:
             return True
-        if any(m in _message(e) for m in TRANSIENT_MESSAGES):
+        if _from_driver(e) and any(m in _message(e) for m in TRANSIENT_MESSAGES):
             return True
     return False
 
@@ -244,7 +254,9 @@ def is_login_rejected(exc: BaseException) -> bool:
     if code is not None:
         return code.startswith("28") or code == "3D000"
     return any(
-        "fatal" in (text := _message(e)) and any(m in text for m in LOGIN_REJECTED_MESSAGES)
+        _from_driver(e)
+        and "fatal" in (text := _message(e))
+        and any(m in text for m in LOGIN_REJECTED_MESSAGES)
         for e in exception_chain(exc)
     )
 
