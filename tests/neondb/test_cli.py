@@ -215,3 +215,13 @@ def test_doctor_strict_counts_warnings(tmp_path: Path, neondb_database_url: str)
     env = {"DATABASE_URL": neondb_database_url, "DB_POOL_MAX": "1000"}
     assert _neondb("doctor", "--json", cwd=tmp_path, env=env).returncode == 0
     assert _neondb("doctor", "--json", "--strict", cwd=tmp_path, env=env).returncode == 1
+
+
+def test_url_masks_every_secret_parameter(runner: CliRunner) -> None:
+    url = f"postgresql+psycopg://alex:{PASSWORD}@db.example.com/app?sslmode=require&sslpassword=k3y-pass-77"
+    result = runner.invoke(app, ["url", url])
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+    assert "k3y-pass-77" not in result.output
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert "sslpassword=***" in lines["psycopg"]

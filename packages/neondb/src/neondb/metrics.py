@@ -123,6 +123,9 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class HttpMetricsMiddleware:
     """Pure ASGI: request duration by method, route template and status, and requests in
     flight. The route is the template (`/api/tasks/{task_id}`), never the raw path, so the
@@ -153,7 +156,10 @@ class HttpMetricsMiddleware:
             _in_flight[0] -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            key = (scope["method"], template, status)
+            # A client may send any method token (h11 accepts them): labelled as it is only
+            # when it is a standard one, so that made-up methods cannot add series forever.
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            key = (method, template, status)
             observe = self._children.get(key)
             if observe is None:
                 observe = HTTP_SECONDS.labels(key[0], template, str(status)).observe

@@ -43,7 +43,7 @@ from sqlalchemy.exc import ArgumentError
 
 from neondb.errors import ConfigurationError
 
-__all__ = ["ConnectSpec", "DatabaseURL", "parse_url"]
+__all__ = ["SECRET_PARAMS", "ConnectSpec", "DatabaseURL", "parse_url"]
 
 log = logging.getLogger("neondb")
 
@@ -55,7 +55,7 @@ DEFAULT_PORT = 5432
 # sslrootcert=system came with libpq 16; an older libpq reads "system" as a file name.
 LIBPQ_SYSTEM_ROOTS = 160000
 _TLS_FILES = ("sslrootcert", "sslcert", "sslkey")
-_SECRET_PARAMS = ("password", "sslpassword")
+SECRET_PARAMS = ("password", "sslpassword")
 # libpq parameters asyncpg has no use for; dropping them changes no behaviour.
 _ASYNCPG_IGNORED = frozenset({"channel_binding", "gssencmode", "pgbouncer"})
 # Handled by the endpoint and TLS code, for asyncpg.
@@ -108,7 +108,7 @@ class DatabaseURL:
         """The URL with the password masked (also `password=` and `sslpassword=` query
         parameters, which libpq accepts): safe for logs."""
         url = self.url
-        hidden = {key: "***" for key in _SECRET_PARAMS if key in url.query}
+        hidden = {key: "***" for key in SECRET_PARAMS if key in url.query}
         if hidden:
             url = url.update_query_dict(hidden)
         return url.render_as_string(hide_password=True)

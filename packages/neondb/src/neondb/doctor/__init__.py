@@ -30,7 +30,7 @@ from neondb.doctor.wire import AuthRequest, ask_auth, close, negotiate_tls
 from neondb.embedded import EmbeddedServer
 from neondb.settings import DatabaseSettings
 from neondb.target import Target
-from neondb.url import parse_url
+from neondb.url import SECRET_PARAMS, DatabaseURL, parse_url
 
 __all__ = ["STEPS", "Report", "Status", "Step", "diagnose"]
 
@@ -256,12 +256,23 @@ async def diagnose(
             await _server(report, target, workers, migrations)
         if report.failed:
             _skip_rest(report, report.failed[0].name)
-        password = target.url.url.password if target.url is not None else None
-        if password:  # belt and braces: no step repeats it, whatever a server said
+        secrets = _secrets_of(target.url)
+        for secret in secrets:  # belt and braces: no step repeats one, whatever a server said
             for step in report.steps:
-                step.detail = step.detail.replace(password, "***")
-                step.fix = step.fix.replace(password, "***")
+                step.detail = step.detail.replace(secret, "***")
+                step.fix = step.fix.replace(secret, "***")
     finally:
         if embedded is not None:
             embedded.stop()
     return report
+
+
+def _secrets_of(url: DatabaseURL | None) -> list[str]:
+    """The URL's password and any secret query parameter (`?password=`, `sslpassword`)."""
+    if url is None:
+        return []
+    found = [url.url.password or ""]
+    for key in SECRET_PARAMS:
+        value = url.url.query.get(key)
+        found.extend([value] if isinstance(value, str) else list(value or ()))
+    return [s for s in found if s and s != "***"]

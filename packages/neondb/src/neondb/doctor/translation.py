@@ -7,7 +7,7 @@ import ssl
 from typing import Any
 
 from neondb.settings import Driver
-from neondb.url import DatabaseURL
+from neondb.url import SECRET_PARAMS, DatabaseURL
 
 __all__ = ["connect_arguments", "tls_words"]
 
@@ -54,17 +54,19 @@ def tls_words(parsed: DatabaseURL, driver: Driver, kwargs: dict[str, Any]) -> st
 
 
 def connect_arguments(kwargs: dict[str, Any]) -> str:
-    """The driver's connect arguments on one line, the password masked."""
+    """The driver's connect arguments on one line, every secret (password, sslpassword)
+    masked."""
     if "conninfo" in kwargs:
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         params = conninfo_to_dict(kwargs["conninfo"])
-        if "password" in params:
-            params["password"] = "***"
+        for secret in SECRET_PARAMS:
+            if params.get(secret):
+                params[secret] = "***"
         return make_conninfo("", **params)
     shown = []
     for key, value in kwargs.items():
-        if key == "password":
+        if key in SECRET_PARAMS:
             value = "***" if value else value
         elif isinstance(value, ssl.SSLContext):
             value = "<ssl context, see tls>"
