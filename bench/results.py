@@ -315,7 +315,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def report(run: Run) -> str:
+ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
+"""Why the targets still missed are missed, from the profiles: appended to the report."""
+
+
+def report(run: Run, analysis: Path | None = ANALYSIS) -> str:
     routes = ("get", "list", "create")
     mode = "QUICK (32 clients, 1 s per figure)" if run.quick else "full"
     lines = [
@@ -424,4 +428,7 @@ def report(run: Run) -> str:
         "`BENCH_LEVELS`, `BENCH_SECONDS`, `BENCH_DELAY_MS`, `BENCH_DATABASE_URL` narrow or "
         "change it (bench/plan.py).",
     ]
+    if analysis is not None and analysis.is_file():
+        # Written by hand from profiles of an earlier run: its own figures, not this run's.
+        lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"

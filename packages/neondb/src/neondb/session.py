@@ -104,20 +104,55 @@ def _count_flush(session: Session, flush_context: UOWTransaction) -> None:
     session.info["neondb.flushes"] = session.info.get("neondb.flushes", 0) + 1
 
 
+class _CheckoutFailed(Exception):
+    """Raised on the sync side: the connection could not be checked out (nothing was sent)."""
+
+    def __init__(self, error: DatabaseUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _execute_core(
     session: Session,
+    meter: Any,
     timer: asyncio.Timeout,
     backstop: float | None,
+    started: list[float],
     statement: Any,
     params: Any,
     execution_options: Any,
 ) -> Any:
-    # What Session.execute does for a Core statement, minus the ORM's dispatching.
+    # `NeonSession._checkout` and what Session.execute does for a Core statement, minus the
+    # ORM's dispatching, in one trip to the sync side. `meter` is None when the session
+    # holds its connection already (nothing to wait for).
+    if meter is not None:
+        meter.waiting += 1
+        t0 = time.perf_counter()
+        try:
+            session.connection(bind_arguments={"clause": statement})
+        except DatabaseUnavailableError as e:
+            raise _CheckoutFailed(e) from None
+        finally:
+            meter.waiting -= 1
+            meter.waited(time.perf_counter() - t0)
     session._autoflush()
     conn = session.connection(bind_arguments={"clause": statement})
     if backstop is not None:
         timer.reschedule(asyncio.get_running_loop().time() + backstop)
+    started.append(time.perf_counter())
     return conn.execute(statement, params, execution_options=execution_options)
+
+
+class _NoMeter:
+    """A pool meter that records nothing, for a database without one."""
+
+    waiting = 0
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+
+_NO_METER: Any = _NoMeter()
 
 
 class NeonSession(AsyncSession):
@@ -185,6 +220,8 @@ class NeonSession(AsyncSession):
             raise mapped from e
 
     async def _once(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
+        if fn is None:  # a Core statement: see `_runs_core`
+            return await self._once_core(statement, *args)
         backstop = self.info.get("neondb.backstop_s")
         # Check out (or open) the connection before the backstop and the statement timer
         # start: they bound and time the statement; opening a connection has its own limits
@@ -193,25 +230,23 @@ class NeonSession(AsyncSession):
         await self._checkout()
         started = time.perf_counter()
         try:
-            if fn is None:  # a Core statement: see `_runs_core`
-                return await self._once_core(backstop, statement, *args)
             async with asyncio.timeout(backstop):
                 return await fn(statement, *args, **kw)
         except TimeoutError:
-            if fn is None:
-                raise  # `_once_core` has invalidated the connection if its backstop fired
             # The server never answered within its own timeout plus a margin: the
             # connection's state is unknown, so it must not go back to the pool.
             await self.invalidate()
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            observe = self.info.get("neondb.observe")
-            if observe is not None:
-                observe(elapsed)
-            if elapsed > self.info.get("neondb.slow_s", float("inf")):
-                # The statement's text only: parameters may hold personal data.
-                log.warning("slow statement (%.0f ms): %.200s", elapsed * 1000, statement)
+            self._observe(time.perf_counter() - started, statement)
+
+    def _observe(self, elapsed: float, statement: Any) -> None:
+        observe = self.info.get("neondb.observe")
+        if observe is not None:
+            observe(elapsed)
+        if elapsed > self.info.get("neondb.slow_s", float("inf")):
+            # The statement's text only: parameters may hold personal data.
+            log.warning("slow statement (%.0f ms): %.200s", elapsed * 1000, statement)
 
     async def _checkout(self) -> None:
         """The session's connection: held already (nothing to wait for), or checked out of
@@ -239,27 +274,46 @@ class NeonSession(AsyncSession):
                 meter.waited(time.perf_counter() - started)
         await self._checkout()  # on the primary now
 
-    async def _once_core(
-        self, backstop: float | None, statement: Any, params: Any, execution_options: Any
-    ) -> Any:
-        """`_once` for a Core statement: checkout and statement in one trip to the sync
-        side; the backstop is armed there once the connection is checked out."""
-        try:
-            async with asyncio.timeout(None) as timer:
-                result = await greenlet_spawn(
-                    _execute_core,
-                    self.sync_session,
-                    timer,
-                    backstop,
-                    statement,
-                    params,
-                    execution_options,
-                )
-        except TimeoutError:
-            if timer.expired():  # see `_once`
-                await self.invalidate()
-            raise
-        return await _ensure_sync_result(result, self.execute)
+    async def _once_core(self, statement: Any, params: Any, execution_options: Any) -> Any:
+        """`_once` for a Core statement: checkout (as `_checkout`: the pool wait timed, the
+        replica's fallback) and statement in one trip to the sync side; the backstop is
+        armed and the statement timed once the connection is checked out."""
+        backstop = self.info.get("neondb.backstop_s")
+        while True:
+            meter = None
+            if not self.in_transaction():
+                # A meter that counts nothing still makes the wait a checkout.
+                meter = self.info.get("neondb.pool") or _NO_METER
+            started: list[float] = []
+            try:
+                async with asyncio.timeout(None) as timer:
+                    result = await greenlet_spawn(
+                        _execute_core,
+                        self.sync_session,
+                        meter,
+                        timer,
+                        backstop,
+                        started,
+                        statement,
+                        params,
+                        execution_options,
+                    )
+            except _CheckoutFailed as failed:
+                fall_back = self.info.get("neondb.fallback")
+                if fall_back is None:
+                    raise failed.error from failed.error.__cause__
+                await fall_back(self, failed.error)
+                continue  # on the primary now
+            except TimeoutError:
+                # The backstop fired: the server never answered within its own timeout plus
+                # a margin, so the connection's state is unknown and must not be pooled.
+                if timer.expired():
+                    await self.invalidate()
+                raise
+            finally:
+                if started:
+                    self._observe(time.perf_counter() - started[0], statement)
+            return await _ensure_sync_result(result, self.execute)
 
     async def _guarded(self, fn: Any, statement: Any, *args: Any, **kw: Any) -> Any:
         # A read session vouches for its text statements; expressions are checked anyway.

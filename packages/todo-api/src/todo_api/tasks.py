@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     Table,
     TextClause,
@@ -57,7 +58,14 @@ from todo_api.models import (
 from todo_api.responses import BAD_BODY, COMMON_RESPONSES, NOT_FOUND, not_found
 from todo_api.strict import reject_unknown_query
 
-__all__ = ["TOTAL_CAP", "TaskFilters", "complete_statement", "list_statement", "router"]
+__all__ = [
+    "TOTAL_CAP",
+    "TaskFilters",
+    "complete_statement",
+    "list_query",
+    "list_statement",
+    "router",
+]
 
 router = APIRouter(
     prefix="/api/tasks",
@@ -100,29 +108,103 @@ class TaskFilters:
     due_before: datetime | None = None
     due_after: datetime | None = None
 
-    def where(self, user_id: str) -> list[ColumnElement[bool]]:
-        c = tasks.c
-        out: list[ColumnElement[bool]] = [c.user_id == user_id]
+    def shape(self) -> tuple[bool, ...]:
+        """Which conditions apply: the statement's structure, whatever their values."""
+        return (
+            self.status != "all",
+            self.priority is not None,
+            self.tag is not None,
+            bool(self.q),
+            self.due_after is not None,
+            self.due_before is not None,
+        )
+
+    def values(self, user_id: str) -> dict[str, Any]:
+        """The bound values of the conditions `where` names."""
+        out: dict[str, Any] = {"uid": user_id}
         if self.status != "all":
-            out.append(c.completed == (self.status == "completed"))
+            out["completed"] = self.status == "completed"
         if self.priority is not None:
-            out.append(c.priority == self.priority)
+            out["priority"] = self.priority
         if self.tag is not None:
-            out.append(c.tags.contains([self.tag]))  # tags @> ARRAY[tag]: GIN index
+            out["tag"] = [self.tag]
         if self.q:
-            pattern = like_pattern(self.q)
+            out["pattern"] = like_pattern(self.q)
+        if self.due_after is not None:
+            out["due_after"] = self.due_after
+        if self.due_before is not None:
+            out["due_before"] = self.due_before
+        return out
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The conditions, as bound parameters (values from `values`)."""
+        c = tasks.c
+        status, priority, tag, q, due_after, due_before = self.shape()
+        out: list[ColumnElement[bool]] = [c.user_id == bindparam("uid")]
+        if status:
+            out.append(c.completed == bindparam("completed"))
+        if priority:
+            out.append(c.priority == bindparam("priority"))
+        if tag:
+            # tags @> ARRAY[tag]: GIN index
+            out.append(c.tags.contains(bindparam("tag", type_=c.tags.type)))
+        if q:
+            pattern = bindparam("pattern", type_=c.title.type)
             out.append(
                 or_(c.title.ilike(pattern, escape="\\"), c.description.ilike(pattern, escape="\\"))
             )
-        if self.due_after is not None:
-            out.append(c.due_date >= self.due_after)
-        if self.due_before is not None:
-            out.append(c.due_date < self.due_before)
+        if due_after:
+            out.append(c.due_date >= bindparam("due_after"))
+        if due_before:
+            out.append(c.due_date < bindparam("due_before"))
         return out
 
 
 TOTAL_CAP = 10_000
 """A page's `total` is exact up to this many matches; beyond, `total_capped` says more."""
+
+# One statement per combination of filters (64 at most), its values bound per request:
+# building the statement (subqueries, column proxies) and its cache key cost more than
+# running it, and a statement kept memoizes its cache key.
+_LIST_SHAPES: dict[tuple[bool, ...], Select[Any]] = {}
+
+
+def _list_shape(filters: TaskFilters) -> Select[Any]:
+    shape = filters.shape()
+    stmt = _LIST_SHAPES.get(shape)
+    if stmt is None:
+        where = filters.where()
+        matching = (
+            select(literal(1))
+            .where(*where)
+            .limit(bindparam("cap", type_=Integer))
+            .subquery("matching")
+        )
+        counted = select(func.count().label("total")).select_from(matching).subquery("counted")
+        page = (
+            select(*PUBLIC)
+            .where(*where)
+            .order_by(*NEWEST_FIRST)
+            .limit(bindparam("page_limit", type_=Integer))
+            .offset(bindparam("page_offset", type_=Integer))
+        ).subquery("page")
+        stmt = (
+            select(counted.c.total, *page.c)
+            .select_from(counted.outerjoin(page, true()))
+            .order_by(page.c.created_at.desc(), page.c.id.desc())
+        )
+        _LIST_SHAPES[shape] = stmt
+    return stmt
+
+
+def list_query(
+    user_id: str, filters: TaskFilters, limit: int, offset: int, *, total_cap: int = TOTAL_CAP
+) -> tuple[Select[Any], dict[str, Any]]:
+    """`list_statement`'s statement (shared by every request with the same filters) and the
+    values to execute it with."""
+    values = filters.values(user_id)
+    values.update(cap=total_cap + 1, page_limit=limit, page_offset=offset)
+    return _list_shape(filters), values
 
 
 def list_statement(
@@ -130,18 +212,10 @@ def list_statement(
 ) -> Select[Any]:
     """One page, newest first, each row carrying `total`: the matching rows counted up to
     `total_cap + 1` (so the count stops early and says whether it did). A page past the end
-    is still one row, with `total` and NULL task columns: one statement in every case."""
-    where = filters.where(user_id)
-    matching = select(literal(1)).where(*where).limit(total_cap + 1).subquery("matching")
-    counted = select(func.count().label("total")).select_from(matching).subquery("counted")
-    page = (
-        select(*PUBLIC).where(*where).order_by(*NEWEST_FIRST).limit(limit).offset(offset)
-    ).subquery("page")
-    return (
-        select(counted.c.total, *page.c)
-        .select_from(counted.outerjoin(page, true()))
-        .order_by(page.c.created_at.desc(), page.c.id.desc())
-    )
+    is still one row, with `total` and NULL task columns: one statement in every case.
+    With its values bound; the route executes `list_query`'s pair, the same statement."""
+    stmt, values = list_query(user_id, filters, limit, offset, total_cap=total_cap)
+    return stmt.params(values)
 
 
 # Completing and creating the next occurrence is one statement: the conditional UPDATE
@@ -216,7 +290,7 @@ async def list_tasks(
     """The caller's tasks, newest first (created_at, then id, descending). `total` counts
     the matches up to 10,000; past that it is 10,000 and `total_capped` is true."""
     filters = TaskFilters(status, priority, tag, q, due_before, due_after)
-    rows = (await session.execute(list_statement(user.id, filters, limit, offset))).all()
+    rows = (await session.execute(*list_query(user.id, filters, limit, offset))).all()
     counted = rows[0].total  # always one row, even past the end
     return TaskPage(
         items=[_public(r) for r in rows if r.id is not None],
