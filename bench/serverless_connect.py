@@ -15,7 +15,7 @@ import time
 
 from sqlalchemy import text
 
-from bench.run import upstream
+from bench.servers import Upstream
 from neondb import Database, DatabaseSettings, parse_url
 from neondb.proxy import FaultProxy
 
@@ -25,9 +25,9 @@ HEAD = ("driver", "mode", "round trips per read", "ms to open a connection", "ms
 
 def settings(url: str, driver: str, *, serverless: bool) -> DatabaseSettings:
     return DatabaseSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=url,
-        db_driver=driver,  # type: ignore[arg-type]
+        db_driver=driver,
         db_serverless=serverless,
         db_pool_min=1,
         db_migrate_on_start=False,
@@ -68,7 +68,8 @@ async def measure(url: str, proxy: FaultProxy, driver: str, *, serverless: bool)
 
 
 async def main() -> None:
-    host, port, admin, server = upstream()
+    upstream = Upstream.open()
+    (host, port), admin = upstream.host_port, upstream.admin_url
     delay_ms = float(os.environ.get("BENCH_DELAY_MS", "5"))
     try:
         with FaultProxy(host, port) as proxy:
@@ -87,8 +88,8 @@ async def main() -> None:
                 for serverless in (True, False):
                     print(await measure(url, proxy, driver, serverless=serverless))
     finally:
-        if server is not None:
-            server.stop()
+        if upstream.embedded is not None:
+            upstream.embedded.stop()
 
 
 if __name__ == "__main__":
