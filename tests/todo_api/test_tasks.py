@@ -309,6 +309,11 @@ async def test_list_newest_first_with_pagination(client: httpx.AsyncClient) -> N
     assert seen == newest_first
     past = (await client.get("/api/tasks?limit=3&offset=50", headers=ALICE)).json()
     assert past == {"items": [], "total": 7}
+    # An offset past int32 (found by the fuzzer) and the largest one allowed.
+    for offset in (2**31, 2**63 - 1):
+        far = await client.get(f"/api/tasks?limit=3&offset={offset}", headers=ALICE)
+        assert far.status_code == 200, far.text
+        assert far.json() == {"items": [], "total": 7}
 
 
 async def test_list_default_limit_is_20(client: httpx.AsyncClient) -> None:

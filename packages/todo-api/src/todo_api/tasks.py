@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     Select,
@@ -186,7 +187,8 @@ def _list_shape(filters: TaskFilters) -> Select[Any]:
             .where(*where)
             .order_by(*NEWEST_FIRST)
             .limit(bindparam("page_limit", type_=Integer))
-            .offset(bindparam("page_offset", type_=Integer))
+            # Offsets go up to 2^63-1 (MAX_ID): bigint, or asyncpg refuses past int32.
+            .offset(bindparam("page_offset", type_=BigInteger))
         ).subquery("page")
         stmt = (
             select(counted.c.total, *page.c)
