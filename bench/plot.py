@@ -34,8 +34,8 @@ def plot(run: Run, path: Path) -> None:
             ys = [y + (1 - i) * height for y in range(len(targets))]
             xs = [value(t, route) or 0.0 for t in targets]
             bars = ax.barh(ys, xs, height=height, color=color, label=route)
-            labels = [f"{x:.0f}" if x >= 10 else f"{x:.2f}" for x in xs]
-            ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+            values = [f"{x:.0f}" if x >= 10 else f"{x:.2f}" for x in xs]
+            ax.bar_label(bars, labels=values, fontsize=7, padding=2)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
         ax.margins(x=0.15)
