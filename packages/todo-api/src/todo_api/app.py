@@ -7,13 +7,10 @@ unset), migrates to head, and disposes of the pool at shutdown.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,25 +175,6 @@ def _docs(app: FastAPI) -> None:
         return get_swagger_ui_oauth2_redirect_html()
 
 
-def _lifespan(neon: NeonDB) -> Any:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with neon.lifespan(app):
-            # What start-up made (modules, models, routes, the pool) lives as long as the
-            # process: out of the garbage collector's sight, a full collection no longer
-            # walks it. Without this, a 1 MiB body of nested JSON arrays (which triggers
-            # several full collections while it is parsed) held the event loop for over a
-            # second instead of a tenth.
-            gc.collect()
-            gc.freeze()
-            try:
-                yield
-            finally:
-                gc.unfreeze()
-
-    return lifespan
-
-
 def create_app(settings: AppSettings | None = None) -> FastAPI:
     """A new application. `settings` default to the environment (and `.env`)."""
     settings = settings or load_settings(AppSettings)
@@ -207,7 +185,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         title="todo_api",
         summary="Per-user tasks and chat history on neondb",
         version="0.1.0",
-        lifespan=_lifespan(neon),
+        lifespan=neon.lifespan,  # it also freezes start-up's objects out of the GC
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
